@@ -1,0 +1,78 @@
+"""AuthMiddleware: gateway keys to tenants, or pass-through identity when no keys are configured (SPEC §4, §5)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from middleware.call import Call
+from middleware.errors import Forbidden, Unauthorized
+from middleware.headers import bearer_or_api_key
+from middleware.types import ASGIApp, Receive, Scope, Send
+
+ADMIN_TENANT = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOptions:
+    """Options for AuthMiddleware.
+
+    `keys` maps each gateway key to its id. With no keys and no admin key the
+    middleware runs in pass-through mode: every caller is let in, and the
+    credential it presented is kept on the Call for providers that have no
+    key of their own.
+    """
+
+    keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+    public_paths: frozenset[str] = frozenset({"/healthz", "/readyz"})
+    admin_prefixes: tuple[str, ...] = ("/sluice/", "/metrics", "/dashboard")
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+class AuthMiddleware:
+    """Sets `call.tenant` from the presented key, or answers 401/403."""
+
+    def __init__(self, app: ASGIApp, options: AuthOptions | None = None) -> None:
+        self.app = app
+        self.options = options or AuthOptions()
+        # Looked up by digest, then compared in constant time, so neither the
+        # lookup nor the comparison times the secret itself.
+        self._ids_by_digest = {_digest(key): (key, key_id) for key, key_id in self.options.keys.items()}
+        self._admin = self.options.admin_key
+        self._enabled = bool(self.options.keys) or self._admin is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path in self.options.public_paths:
+            await self.app(scope, receive, send)
+            return
+        call = Call.of(scope)
+        presented = bearer_or_api_key(scope)
+        if not self._enabled:
+            call.client_key = presented
+            # A cryptographic hash: the tenant name is stored (cache keys) and must not reveal the key.
+            call.tenant = "anon:" + _digest(presented).hex()[:32] if presented else "anon"
+        else:
+            call.tenant = self._tenant(presented, admin_only=path.startswith(self.options.admin_prefixes))
+        await self.app(scope, receive, send)
+
+    def _tenant(self, presented: str | None, *, admin_only: bool) -> str:
+        if presented is None:
+            raise Unauthorized("missing gateway key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")
+        if self._admin is not None and hmac.compare_digest(_digest(presented), _digest(self._admin)):
+            return ADMIN_TENANT
+        found = self._ids_by_digest.get(_digest(presented))
+        if found is None or not hmac.compare_digest(found[0].encode(), presented.encode("utf-8", "surrogateescape")):
+            raise Unauthorized("invalid gateway key")
+        if admin_only:
+            raise Forbidden("this path needs the admin key")
+        return found[1]

@@ -1,0 +1,143 @@
+"""The gateway's own errors, and how they reach a client (SPEC §6).
+
+Exception tree::
+
+    SluiceError                      status, type, code: what the client is told
+    ├── RequestError                 the request is wrong (4xx)
+    │   ├── InvalidRequest           400: bad JSON, wrong shape, missing model
+    │   ├── BodyTooLarge             413: body over max_body_bytes
+    │   ├── Unauthorized             401: bad or missing gateway key
+    │   ├── Forbidden                403: a tenant key on an admin path
+    │   └── NotFound                 404: unknown model, route or path
+    └── UpstreamError                no answer could be had from a provider
+        ├── UpstreamTimeout          504: a deadline passed before the answer started
+        ├── UpstreamConnectError     502: connection refused, reset, DNS, TLS
+        └── TargetUnavailable        502: the target may not be tried (cooling down, no key)
+
+Messages are written for the client and must never hold a provider key: they
+name providers, models and paths, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+
+from middleware.types import Headers, Send
+
+
+class SluiceError(Exception):
+    """Base of every error the gateway itself answers with."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: Headers | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or []
+
+
+class RequestError(SluiceError):
+    """The client's request cannot be served as sent."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidRequest(RequestError):
+    """400: the body is not a JSON object of the expected shape."""
+
+
+class BodyTooLarge(RequestError):
+    """413: the body is over the configured limit."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class Unauthorized(RequestError):
+    """401: no gateway key, or one the gateway does not know."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    """403: a valid key that may not use this path."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(RequestError):
+    """404: an unknown path."""
+
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """404: an unknown model or route."""
+
+    code = "model_not_found"
+
+
+class UpstreamError(SluiceError):
+    """No usable answer came from the provider."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """504: a connect, first-byte, idle or total deadline passed."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class UpstreamConnectError(UpstreamError):
+    """502: the provider could not be reached, or broke the connection."""
+
+    code = "upstream_connect_error"
+
+
+class TargetUnavailable(UpstreamError):
+    """502: the target may not be tried now; a strategy moves to the next one."""
+
+    code = "target_unavailable"
+
+
+def error_body(error: SluiceError) -> bytes:
+    """The OpenAI error shape: {"error": {"message", "type", "code", "param"}}."""
+    payload = {"error": {"message": error.message, "type": error.type, "code": error.code, "param": error.param}}
+    return json.dumps(payload).encode()
+
+
+def anthropic_error_body(error: SluiceError) -> bytes:
+    """Anthropic's error shape, for /v1/messages: {"type": "error", "error": {"type", "message"}}."""
+    return json.dumps({"type": "error", "error": {"type": error.type, "message": error.message}}).encode()
+
+
+def sse_error_event(error: SluiceError) -> bytes:
+    """The last event of a stream that failed after its first byte reached the client."""
+    return b"data: " + error_body(error) + b"\n\n"
+
+
+async def send_error(send: Send, error: SluiceError, *, body: bytes | None = None) -> None:
+    """Answer with `error` as a complete JSON response (nothing must have been sent before)."""
+    payload = error_body(error) if body is None else body
+    headers: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *error.headers,
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})

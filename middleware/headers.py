@@ -1,0 +1,86 @@
+"""Every header name the gateway reads or writes, in one table, and their parsing (SPEC §5)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from middleware.errors import InvalidRequest
+from middleware.types import Headers, Scope
+
+# Request headers (lower-case, as ASGI delivers them).
+AUTHORIZATION = b"authorization"
+X_API_KEY = b"x-api-key"
+REQUEST_ID = b"x-request-id"
+SLUICE_CACHE = b"x-sluice-cache"
+SLUICE_CACHE_TTL = b"x-sluice-cache-ttl"
+SLUICE_ROUTE = b"x-sluice-route"
+SLUICE_FALLBACK = b"x-sluice-fallback"
+SLUICE_RACE = b"x-sluice-race"
+SLUICE_SUBJECT = b"x-sluice-subject"
+
+# Response headers.
+SLUICE_PROVIDER = b"x-sluice-provider"
+SLUICE_MODEL = b"x-sluice-model"
+SLUICE_ATTEMPTS = b"x-sluice-attempts"
+SLUICE_COST = b"x-sluice-cost-usd"
+SLUICE_VARIANT = b"x-sluice-variant"
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) never cross the gateway in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# A request id is echoed into headers and logs, so it must be short and inert.
+_REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of request header `name` (lower-case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-Id when it is well formed, else a new one.
+
+    A malformed id (over 128 characters, or characters other than letters,
+    digits and ._:-) is refused with a 400 rather than silently replaced, so a
+    client never loses its correlation without being told.
+    """
+    given = header(scope, REQUEST_ID)
+    if given is None:
+        return uuid.uuid4().hex
+    if _REQUEST_ID_SHAPE.fullmatch(given) is None:
+        raise InvalidRequest("X-Request-Id must be 1-128 characters of letters, digits and ._:-", param="X-Request-Id")
+    return given.decode()
+
+
+def bearer_or_api_key(scope: Scope) -> str | None:
+    """The credential a client presented: `Authorization: Bearer K`, else `x-api-key: K`."""
+    value = header(scope, AUTHORIZATION)
+    if value is not None:
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    api_key = header(scope, X_API_KEY)
+    if api_key:
+        return api_key.decode("latin-1").strip() or None
+    return None
+
+
+def with_header(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """A new header list with `name` set to `value` (replacing any value it had)."""
+    return [(k, v) for k, v in headers if k != name] + [(name, value)]

@@ -1,0 +1,102 @@
+"""build_app(config): the whole gateway, its middleware stack written in one place, outermost first."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from middleware.auth import AuthMiddleware, AuthOptions
+from middleware.boundary import ErrorMiddleware
+from middleware.types import ASGIApp, Receive, Scope, Send
+from proxy import endpoints
+from proxy.config import Config, load_config
+from proxy.forwarder import Forwarder, ForwarderOptions
+from proxy.lifespan import Upstream, make_lifespan
+from proxy.routing import Router, RoutingMiddleware
+from proxy.scrub import Scrubber
+
+logger = logging.getLogger("sluice")
+
+
+def build_app(config: Config | None = None, *, upstream: Upstream | None = None, tune_gc: bool = False) -> ASGIApp:
+    """The gateway as one ASGI app. `config` defaults to the embedded defaults plus provider keys from the env.
+
+    The stack, outermost first:
+        ErrorMiddleware    request id, X-Sluice-Cache, every failure in the contract's shape
+        AuthMiddleware     gateway key -> tenant, or pass-through identity
+        Endpoints          /healthz /readyz /v1/models, else /v1/... into the gateway below
+        RoutingMiddleware  body read once, `model` -> Route, first target
+        Forwarder          one upstream request, bytes relayed as they arrive
+    """
+    config = config or load_config(None)
+    upstream = upstream or Upstream()
+    router = Router(config)
+    t = config.timeouts
+    forwarder = Forwarder(
+        upstream,
+        ForwarderOptions(t.connect_s, t.first_byte_s, t.idle_s, t.total_s, config.server.max_body_bytes),
+    )
+    gateway = RoutingMiddleware(forwarder, router, config.server.max_body_bytes)
+    app: ASGIApp = Endpoints(
+        {
+            ("GET", "/healthz"): endpoints.healthz,
+            ("GET", "/readyz"): endpoints.readyz(),
+            ("GET", "/v1/models"): endpoints.models(router),
+        },
+        gateway=gateway,
+        lifespan=make_lifespan(upstream, tune_gc=tune_gc),
+    )
+    app = AuthMiddleware(app, auth_options(config))
+    return ErrorMiddleware(app, scrub=Scrubber(config.secrets()))
+
+
+def auth_options(config: Config) -> AuthOptions:
+    """AuthMiddleware's options from [auth]; none means pass-through mode."""
+    if config.auth is None:
+        return AuthOptions()
+    return AuthOptions(keys={k.key: k.id for k in config.auth.keys}, admin_key=config.auth.admin_key)
+
+
+class Endpoints:
+    """Exact (method, path) endpoints first, then every /v1/ path into the gateway, else 404.
+
+    Hand-written rather than Starlette's Router so that a 404 or 405 is in the
+    OpenAI error shape, and the hot path costs one dict lookup.
+    """
+
+    def __init__(self, exact: Mapping[tuple[str, str], ASGIApp], *, gateway: ASGIApp, lifespan: Any = None) -> None:
+        self.exact = dict(exact)
+        self.gateway = gateway
+        self.lifespan = lifespan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._run_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        handler = self.exact.get((scope["method"], scope["path"]))
+        if handler is not None:
+            await handler(scope, receive, send)
+        elif scope["path"].startswith("/v1/"):
+            await self.gateway(scope, receive, send)
+        else:
+            await endpoints.not_found(scope, receive, send)
+
+    async def _run_lifespan(self, receive: Receive, send: Send) -> None:
+        context: AbstractAsyncContextManager[None] | None = self.lifespan(self) if self.lifespan else None
+        await receive()  # lifespan.startup
+        try:
+            if context is not None:
+                await context.__aenter__()
+        except Exception as exc:
+            logger.error("start-up failed: %s", type(exc).__name__)
+            await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        if context is not None:
+            await context.__aexit__(None, None, None)
+        await send({"type": "lifespan.shutdown.complete"})

@@ -1,0 +1,109 @@
+"""Model string -> Route (SPEC §3): route aliases, `auto`, `provider/model`, bare model ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from middleware.body import replay
+from middleware.call import Call, Route, Target
+from middleware.errors import InvalidRequest, ModelNotFound
+from middleware.types import ASGIApp, Receive, Scope, Send
+from proxy.config import Config, ProviderConfig
+
+AUTO = "auto"
+
+
+def target_of(provider: ProviderConfig, model: str) -> Target:
+    """The Target for `model` at `provider`, as the forwarder needs it."""
+    return Target(
+        provider=provider.name,
+        model=model,
+        base_url=provider.base_url,
+        api_key=provider.api_key,
+        auth_style=provider.auth_style,
+        stream_options=provider.stream_options,
+    )
+
+
+class Router:
+    """Every routable name, compiled once from the config."""
+
+    def __init__(self, config: Config) -> None:
+        self.providers: Mapping[str, ProviderConfig] = config.providers
+        self.routes: dict[str, Route] = {
+            name: Route(name, tuple(self._parse_target(t) for t in rc.targets), rc.strategy)
+            for name, rc in config.routes.items()
+        }
+        if AUTO not in self.routes:
+            self.routes[AUTO] = Route(AUTO, self._keyed_catalog(), "fallback")
+        self.bare: dict[str, Target] = self._bare_ids()
+
+    def resolve(self, model: str) -> Route:
+        """The route for a requested model string; ModelNotFound naming what was tried."""
+        route = self.routes.get(model)
+        if route is not None:
+            if not route.targets:
+                why = "no provider has an API key" if model == AUTO else "the route has no targets"
+                raise ModelNotFound(f"model '{model}': {why}, so there is nothing to route to", param="model")
+            return route
+        provider_name, slash, provider_model = model.partition("/")
+        provider = self.providers.get(provider_name) if slash else None
+        if provider is not None and provider_model:
+            return Route(model, (target_of(provider, provider_model),))
+        target = self.bare.get(model)
+        if target is not None:
+            return Route(model, (target,))
+        raise ModelNotFound(
+            f"model '{model}' not found: it is not a route alias ({', '.join(sorted(self.routes))}), "
+            f"not 'provider/model' for a known provider ({', '.join(self.providers)}), "
+            "and no configured provider lists it",
+            param="model",
+        )
+
+    def routable_names(self) -> list[str]:
+        """Aliases (with `auto`), then every `provider/model` the catalog and config know."""
+        names = list(self.routes)
+        for provider in self.providers.values():
+            names.extend(f"{provider.name}/{model}" for model in provider.models)
+        return names
+
+    def _parse_target(self, name: str) -> Target:
+        provider_name, _, model = name.partition("/")
+        return target_of(self.providers[provider_name], model)  # config.py checked the provider exists
+
+    def _keyed_catalog(self) -> tuple[Target, ...]:
+        return tuple(
+            target_of(p, model) for p in self.providers.values() if p.api_key is not None for model in p.models
+        )
+
+    def _bare_ids(self) -> dict[str, Target]:
+        # A provider with a key (or one the operator added) wins over a catalog
+        # provider with none; within a rank, catalog order then config order.
+        bare: dict[str, Target] = {}
+        ranked = sorted(self.providers.values(), key=lambda p: 0 if (p.api_key is not None or not p.builtin) else 1)
+        for provider in ranked:
+            for model in provider.models:
+                bare.setdefault(model, target_of(provider, model))
+        return bare
+
+
+class RoutingMiddleware:
+    """Reads the body once, resolves its `model` to a Route, and aims the call at the first target."""
+
+    def __init__(self, app: ASGIApp, router: Router, max_body_bytes: int) -> None:
+        self.app = app
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        call = Call.of(scope)
+        await call.read_body(scope, receive, self.max_body_bytes)
+        model = call.json().get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("`model` is required and must be a non-empty string", param="model")
+        call.route = self.router.resolve(model)
+        call.target = call.route.targets[0]
+        await self.app(scope, replay(call.body or b"", receive), send)

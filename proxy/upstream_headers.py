@@ -1,0 +1,82 @@
+"""Which headers cross the gateway, in each direction (SPEC §5, RELIABILITY #23, #25, #26)."""
+
+from __future__ import annotations
+
+from middleware.call import Call, Target
+from middleware.headers import HOP_BY_HOP, REQUEST_ID, SLUICE_ATTEMPTS, SLUICE_MODEL, SLUICE_PROVIDER
+from middleware.types import Headers, Scope
+
+# Never sent upstream: hop-by-hop, what the client used to reach *us* (its
+# gateway key, Host, proxy hints), and what aiohttp sets itself.
+_NOT_FORWARDED = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"authorization",
+    b"x-api-key",
+    b"cookie",
+    b"accept-encoding",
+    b"forwarded",
+    b"x-real-ip",
+    REQUEST_ID,
+}
+_NOT_FORWARDED_PREFIXES = (b"x-forwarded-", b"x-sluice-")
+
+# Never relayed back: hop-by-hop, and what the gateway sets itself. An
+# upstream's Set-Cookie is meant for the gateway's connection, not for one
+# tenant's client, so it is dropped too.
+_NOT_RELAYED = HOP_BY_HOP | {b"date", b"server", b"set-cookie"}
+
+
+def upstream_headers(scope: Scope, call: Call, target: Target) -> list[tuple[str, str]]:
+    """The headers to send to `target`: the client's, filtered, plus auth, identity encoding and the request id."""
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in scope["headers"]
+        if name not in _NOT_FORWARDED and not name.startswith(_NOT_FORWARDED_PREFIXES)
+    ]
+    key = provider_key(call, target)
+    if key is not None:
+        if target.auth_style == "x-api-key":
+            headers.append(("x-api-key", key))
+        else:
+            headers.append(("authorization", f"Bearer {key}"))
+    # Identity, so the bytes relayed are the bytes later layers can read
+    # (usage, cache); LLM answers are small or streamed, so little is lost.
+    headers.append(("accept-encoding", "identity"))
+    headers.append(("x-request-id", call.request_id))
+    return headers
+
+
+def provider_key(call: Call, target: Target) -> str | None:
+    """The key to present to `target`: its configured key, else the client's own.
+
+    The client's key (pass-through mode) goes only to the provider the call
+    first resolved to, never to a fallback or race target of another one.
+    """
+    if target.api_key is not None:
+        return target.api_key
+    if call.client_key is None:
+        return None
+    meant_for = call.route.targets[0].provider if call.route and call.route.targets else target.provider
+    return call.client_key if target.provider == meant_for else None
+
+
+def response_headers(raw: tuple[tuple[bytes, bytes], ...], call: Call, target: Target) -> Headers:
+    """The upstream's response headers, filtered, plus who served the call.
+
+    The provider's own X-Request-Id is kept as X-Upstream-Request-Id, so the
+    client's id stays unique and the provider's is still there for support.
+    """
+    headers: Headers = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower in _NOT_RELAYED or lower.startswith(b"x-sluice-"):
+            continue
+        if lower == REQUEST_ID:
+            headers.append((b"x-upstream-request-id", value))
+            continue
+        headers.append((lower, value))
+    headers.append((SLUICE_PROVIDER, target.provider.encode()))
+    headers.append((SLUICE_MODEL, target.model.encode()))
+    headers.append((SLUICE_ATTEMPTS, str(call.attempts).encode()))
+    return headers
