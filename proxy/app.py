@@ -33,10 +33,12 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
     config = config or load_config(None)
     upstream = upstream or Upstream()
     router = Router(config)
+    scrubber = Scrubber(config.secrets())
     t = config.timeouts
     forwarder = Forwarder(
         upstream,
         ForwarderOptions(t.connect_s, t.first_byte_s, t.idle_s, t.total_s, config.server.max_body_bytes),
+        scrub=scrubber.bytes,
     )
     gateway = RoutingMiddleware(forwarder, router, config.server.max_body_bytes)
     app: ASGIApp = Endpoints(
@@ -49,7 +51,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         lifespan=make_lifespan(upstream, tune_gc=tune_gc),
     )
     app = AuthMiddleware(app, auth_options(config))
-    return ErrorMiddleware(app, scrub=Scrubber(config.secrets()))
+    return ErrorMiddleware(app, scrub=scrubber)
 
 
 def auth_options(config: Config) -> AuthOptions:

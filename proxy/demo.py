@@ -112,6 +112,7 @@ class FakeProvider:
         return sum(1 for r in self.requests if path is None or r.path == path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer lifespan and HTTP scopes; other scope types are ignored."""
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "http":

@@ -20,7 +20,8 @@ from middleware.errors import (
     UpstreamTimeout,
     sse_error_event,
 )
-from middleware.types import Receive, Scope, Send
+from middleware.headers import with_header
+from middleware.types import Headers, Receive, Scope, Send
 from proxy.lifespan import Upstream
 from proxy.upstream_headers import response_headers, upstream_headers
 
@@ -45,9 +46,15 @@ class ForwarderOptions:
 class Forwarder:
     """Sends the call to `call.target` and relays the answer; innermost layer of the stack."""
 
-    def __init__(self, upstream: Upstream | None = None, options: ForwarderOptions | None = None) -> None:
+    def __init__(
+        self,
+        upstream: Upstream | None = None,
+        options: ForwarderOptions | None = None,
+        scrub: Callable[[bytes], bytes] = bytes,
+    ) -> None:
         self.upstream = upstream or Upstream()
         self.options = options or ForwarderOptions()
+        self.scrub = scrub
         self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,7 +95,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         opts = self.options
         end = loop.time() + opts.total_s
-        relay = _Relay(send, call, target)
+        relay = _Relay(send, call, target, self.scrub)
         try:
             async with asyncio.timeout_at(min(end, loop.time() + opts.first_byte_s)) as deadline:
                 response = await self.upstream.session().request(
@@ -114,8 +121,9 @@ class Forwarder:
 class _Relay:
     """Per-call relay state: the start is held until the first body byte, then bytes stream through."""
 
-    def __init__(self, send: Send, call: Call, target: Target) -> None:
+    def __init__(self, send: Send, call: Call, target: Target, scrub: Callable[[bytes], bytes]) -> None:
         self.send = send
+        self.scrub = scrub
         self.call = call
         self.target = target
         self.started = False
@@ -129,6 +137,9 @@ class _Relay:
         if 300 <= response.status < 400:
             raise UpstreamError(f"{self.target.name} answered with a redirect ({response.status}); it was not followed")
         headers = response_headers(response.raw_headers, self.call, self.target)
+        if response.status >= 400:
+            await self._relay_error(response, headers)
+            return
         self.is_sse = (response.content_type or "") == "text/event-stream"
         content = response.content
         chunk = await content.readany()
@@ -144,6 +155,16 @@ class _Relay:
             if not chunk:
                 await self.send({"type": "http.response.body", "body": b"", "more_body": False})
                 break
+        self.finished = True
+
+    async def _relay_error(self, response: aiohttp.ClientResponse, headers: Headers) -> None:
+        # Error bodies are small and sometimes echo what was sent (a provider
+        # quoting the key it refused): read whole, scrubbed of every secret.
+        body = self.scrub(await response.read())
+        headers = with_header(headers, b"content-length", str(len(body)).encode())
+        await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
+        self.started = True
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
         self.finished = True
 
     async def fail(self, error: SluiceError) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -209,3 +210,44 @@ def test_client_disconnect_closes_the_upstream_connection_promptly(gateway_facto
     assert seen.disconnected_at is not None
     assert seen.disconnected_at - closed_at < 0.1
     assert httpx.get(live.url + "/healthz").status_code == 200
+
+
+def test_a_provider_echoing_the_key_in_its_error_gets_it_scrubbed(live):
+    echo = {"error": {"message": f"Incorrect API key provided: {CANARY_KEY}", "type": "invalid_request_error"}}
+    live.fake.script.steps.append(Step(status=401, error_body=echo))
+    response = httpx.post(live.url + CHAT, json={"model": "fake/echo", "messages": MESSAGES})
+    assert response.status_code == 401
+    assert CANARY_KEY not in response.text
+    assert "[redacted]" in response.json()["error"]["message"]
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
+def test_no_error_path_puts_the_key_in_a_log_line(gateway_factory, caplog):
+    closed = _bind()
+    port = closed.getsockname()[1]
+    closed.close()
+    live = gateway_factory(
+        f'[providers.down]\nbase_url = "http://127.0.0.1:{port}/v1"\napi_key = "{CANARY_KEY}"\n',
+        timeouts="first_byte_s = 0.3\nidle_s = 0.3",
+    )
+    with caplog.at_level("DEBUG"):
+        for model in (
+            "down/x",
+            "fake/slow-ttft-2",
+            "fake/cut-after-1",
+            "fake/stall-after-1",
+            "fake/bad-json",
+            "fake/401",
+        ):
+            for stream in (False, True):
+                body = {"model": model, "messages": MESSAGES, "stream": stream}
+                received = []
+                # A non-stream answer cut mid-body: the gateway drops the connection.
+                with (
+                    httpx.stream("POST", live.url + CHAT, json=body) as response,
+                    contextlib.suppress(httpx.RemoteProtocolError),
+                ):
+                    received.extend(response.iter_bytes())
+                assert CANARY_KEY.encode() not in b"".join(received)
+    assert caplog.records
+    assert CANARY_KEY not in caplog.text
