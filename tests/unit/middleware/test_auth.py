@@ -107,3 +107,24 @@ async def test_pass_through_mode_keeps_the_client_key_and_namespaces_the_tenant(
     assert first["tenant"].startswith("anon:")
     assert first["tenant"] != seen["tenant"]
     assert "sk-client" not in first["tenant"]
+
+
+@pytest.mark.anyio
+async def test_auth_middleware_guards_a_plain_starlette_app():
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def whoami(request):
+        return JSONResponse({"tenant": Call.of(request.scope).tenant})
+
+    app = Starlette(routes=[Route("/whoami", whoami)])
+    app.add_middleware(AuthMiddleware, options=AuthOptions(keys={"secret-key": "team-a"}))
+    app.add_middleware(ErrorMiddleware)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        refused = await client.get("/whoami")
+        allowed = await client.get("/whoami", headers={"authorization": "Bearer secret-key"})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert allowed.json() == {"tenant": "team-a"}
