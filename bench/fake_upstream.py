@@ -7,11 +7,14 @@ Every request, whatever its method or path, gets a canned answer:
   encoding) whose last event is `data: [DONE]`. Each SSE event is its own
   HTTP chunk and its own `transport.write`, back to back.
 
-The request line may carry two optional query parameters (the gateway passes
-the query through): `chunks=N` (events in a stream, the last is `[DONE]`,
-2..1000) and `gap_ms=G` (pause G ms between events, 0..100; uvloop's timers
-have millisecond granularity). They exist for the paced-stream CPU figure of
-bench/run.py and are only looked at when the request line holds a `?`.
+The request line may carry optional query parameters (the gateway passes the
+query through), looked at only when the request line holds a `?`:
+`chunks=N` (events in a stream, the last is `[DONE]`, 2..1000), `gap_ms=G`
+(pause G ms between events, 0..100; uvloop's timers have millisecond
+granularity) and `hold_ms=H` (pause H ms after the first event only, then send
+the rest back to back). bench/run.py uses `hold_ms` for the time to the first
+chunk (so the first event is not queued behind the other 49 on a CPU the client
+shares) and `gap_ms` for the gateway's CPU per chunk.
 
 What it parses: the end of the header block, Content-Length, `Connection:
 close`, and whether the body holds `"stream"` followed by `true`. Nothing per
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -117,20 +121,16 @@ def _wants_stream(body: bytes | bytearray) -> bool:
     return rest.startswith(b"true")
 
 
-def _query_options(head: bytes) -> tuple[int, float]:
+def _query_options(head: bytes) -> tuple[int, float, float]:
+    """(chunks, gap_ms, hold_ms) from the request line's query."""
     line = head[: head.find(b"\r\n")]
-    chunks, gap_ms = STREAM_CHUNKS, 0.0
-    query = line.partition(b"?")[2].partition(b" ")[0]
-    for pair in query.split(b"&"):
+    options = {b"chunks": float(STREAM_CHUNKS), b"gap_ms": 0.0, b"hold_ms": 0.0}
+    for pair in line.partition(b"?")[2].partition(b" ")[0].split(b"&"):
         name, _, value = pair.partition(b"=")
-        try:
-            if name == b"chunks":
-                chunks = int(value)
-            elif name == b"gap_ms":
-                gap_ms = min(max(float(value), 0.0), 100.0)
-        except ValueError:
-            continue
-    return chunks, gap_ms
+        if name in options:
+            with contextlib.suppress(ValueError):
+                options[name] = min(max(float(value), 0.0), 1000.0)
+    return int(options[b"chunks"]), min(options[b"gap_ms"], 100.0), min(options[b"hold_ms"], 100.0)
 
 
 class FakeUpstream(asyncio.Protocol):
@@ -202,29 +202,36 @@ class FakeUpstream(asyncio.Protocol):
 
     def _stream(self, head: bytes) -> None:
         assert self.transport is not None
-        chunks, gap_ms = _query_options(head) if b"?" in head[: head.find(b"\r\n")] else (STREAM_CHUNKS, 0.0)
-        frames = _frames(chunks) if chunks != STREAM_CHUNKS else STREAM_FRAMES
+        options = _query_options(head) if b"?" in head[: head.find(b"\r\n")] else (STREAM_CHUNKS, 0.0, 0.0)
+        chunks, gap_ms, hold_ms = options
+        frames = STREAM_FRAMES if chunks == STREAM_CHUNKS else _frames(chunks)
         write = self.transport.write
-        write(STREAM_HEAD)
-        if gap_ms <= 0:
+        if gap_ms <= 0 and hold_ms <= 0:
+            write(STREAM_HEAD)
             for frame in frames:
                 write(frame)
             return
-        # Paced: one event now, the rest one timer tick apart; the connection answers nothing else meanwhile.
+        # Paced or held: one event now, the rest later; the connection answers nothing else meanwhile.
         self.paced = True
         close_after = self.closing
         self.closing = False
-        write(frames[0])
-        self.loop.call_later(gap_ms / 1000, self._paced_next, frames, 1, gap_ms / 1000, close_after)
+        write(STREAM_HEAD + frames[0])
+        first_pause = (hold_ms or gap_ms) / 1000
+        self.loop.call_later(first_pause, self._paced_next, frames, 1, gap_ms / 1000, close_after)
 
     def _paced_next(self, frames: tuple[bytes, ...], index: int, gap_s: float, close_after: bool) -> None:
         if self.transport is None:
             return
-        self.transport.write(frames[index])
-        if index + 2 < len(frames):
-            self.loop.call_later(gap_s, self._paced_next, frames, index + 1, gap_s, close_after)
-            return
-        self.transport.write(frames[index + 1])  # the 0-chunk right after [DONE]
+        write = self.transport.write
+        if gap_s <= 0:  # held: the rest back to back
+            for frame in frames[index:]:
+                write(frame)
+        else:
+            write(frames[index])
+            if index + 2 < len(frames):
+                self.loop.call_later(gap_s, self._paced_next, frames, index + 1, gap_s, close_after)
+                return
+            write(frames[index + 1])  # the 0-chunk right after [DONE]
         self.paced = False
         if close_after:
             self.closing = True

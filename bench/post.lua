@@ -2,8 +2,9 @@
 --
 --   wrk -t1 -c32 -d10s --latency -s bench/post.lua http://127.0.0.1:PORT/v1/chat/completions
 --
--- BENCH_STREAM=1 in the environment asks for `"stream": true` (a 50-chunk SSE answer from
--- bench/fake_upstream.py). bench/run.py reads the line starting with "BENCH_JSON " that done() prints.
+-- BENCH_BODY in the environment replaces the body (bench/run.py passes the one its own client sends);
+-- otherwise BENCH_STREAM=1 asks for `"stream": true` (a 50-chunk SSE answer from bench/fake_upstream.py).
+-- bench/run.py reads the line starting with "BENCH_JSON " that done() prints.
 
 local stream = os.getenv("BENCH_STREAM") == "1"
 
@@ -11,7 +12,7 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-client-bench"
-wrk.body = '{"model": "bench/m", "messages": [{"role": "system", "content": "You are terse."}, '
+wrk.body = os.getenv("BENCH_BODY") or '{"model": "bench/m", "messages": [{"role": "system", "content": "You are terse."}, '
   .. '{"role": "user", "content": "Hello, how are you today?"}]'
   .. (stream and ', "stream": true}' or '}')
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import traceback
-import uuid
 from collections.abc import Callable
 
 from middleware.call import Call
 from middleware.errors import SluiceError, send_error
-from middleware.headers import REQUEST_ID, SLUICE_CACHE, request_id
+from middleware.headers import REQUEST_ID, SLUICE_CACHE, new_request_id, request_id
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("sluice")
@@ -59,7 +58,7 @@ class ErrorMiddleware:
             await self.app(scope, receive, send_with_call_headers)
         except SluiceError as exc:
             if not call.request_id:
-                call.request_id = uuid.uuid4().hex  # its own X-Request-Id was refused
+                call.request_id = new_request_id()  # its own X-Request-Id was refused
             call.error = exc.message
             if started:
                 raise

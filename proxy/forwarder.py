@@ -71,9 +71,10 @@ class Forwarder:
         call.attempts += 1
         task = asyncio.current_task()
         assert task is not None
-        watcher = asyncio.create_task(_cancel_on_disconnect(receive, call, task))
+        relay = _Relay(send, call, target, self.scrub)
+        watcher = asyncio.create_task(_cancel_on_disconnect(receive, relay, task))
         try:
-            await self._exchange(scope["method"], url, headers, payload, call, target, send)
+            await self._exchange(scope["method"], url, headers, payload, relay)
         except asyncio.CancelledError:
             if not call.client_gone:
                 raise
@@ -88,14 +89,12 @@ class Forwarder:
         url: URL,
         headers: list[tuple[str, str]],
         payload: bytes,
-        call: Call,
-        target: Target,
-        send: Send,
+        relay: _Relay,
     ) -> None:
         loop = asyncio.get_running_loop()
         opts = self.options
         end = loop.time() + opts.total_s
-        relay = _Relay(send, call, target, self.scrub)
+        target = relay.target
         try:
             async with asyncio.timeout_at(min(end, loop.time() + opts.first_byte_s)) as deadline:
                 response = await self.upstream.session().request(
@@ -145,17 +144,14 @@ class _Relay:
         chunk = await content.readany()
         await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
         self.started = True
-        while True:
-            at_end = content.is_eof()
-            await self.send({"type": "http.response.body", "body": chunk, "more_body": not at_end})
-            if at_end:
-                break
+        while not content.is_eof():
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
             reschedule()
             chunk = await content.readany()
-            if not chunk:
-                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-                break
+        # Finished before the last send: the upstream is fully read, and a
+        # disconnect reported from here on is the server's end-of-response one.
         self.finished = True
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": False})
 
     async def _relay_error(self, response: aiohttp.ClientResponse, headers: Headers) -> None:
         # Error bodies are small and sometimes echo what was sent (a provider
@@ -164,8 +160,8 @@ class _Relay:
         headers = with_header(headers, b"content-length", str(len(body)).encode())
         await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
         self.started = True
-        await self.send({"type": "http.response.body", "body": body, "more_body": False})
         self.finished = True
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def fail(self, error: SluiceError) -> None:
         """Before the start: raise, so an outer layer answers (or falls back). After: end the stream visibly."""
@@ -177,12 +173,15 @@ class _Relay:
         await self.send({"type": "http.response.body", "body": sse_error_event(error), "more_body": False})
 
 
-async def _cancel_on_disconnect(receive: Receive, call: Call, task: asyncio.Task[object]) -> None:
+async def _cancel_on_disconnect(receive: Receive, relay: _Relay, task: asyncio.Task[object]) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            call.client_gone = True
-            task.cancel()
+            # A server also reports "disconnect" once the response is complete:
+            # only a client leaving before that cancels the exchange.
+            if not relay.finished:
+                relay.call.client_gone = True
+                task.cancel()
             return
 
 
@@ -206,12 +205,16 @@ def upstream_url(scope: Scope, target: Target) -> URL:
     return URL(text, encoded=True)
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def upstream_body(call: Call, target: Target, body: bytes) -> bytes:
     """The body with `model` set to the provider's own id; the client's bytes when it already is."""
     data = call.json()
     if data.get("model") == target.model:
         return body
     try:
-        return json.dumps({**data, "model": target.model}, ensure_ascii=False, separators=(",", ":")).encode()
+        return _ENCODER.encode({**data, "model": target.model}).encode()
     except RecursionError:
         raise InvalidRequest("the JSON body is nested too deeply") from None

@@ -104,6 +104,9 @@ class RoutingMiddleware:
         model = call.json().get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("`model` is required and must be a non-empty string", param="model")
+        if not model.isprintable():
+            # It is echoed in response headers, where a control character would break the response.
+            raise InvalidRequest("`model` must not contain control characters", param="model")
         call.route = self.router.resolve(model)
         call.target = call.route.targets[0]
         await self.app(scope, replay(call.body or b"", receive), send)

@@ -66,6 +66,7 @@ async def test_replay_yields_the_body_once_then_the_real_receive():
         (b'{"a": "\\ud800"}', "surrogate"),
         (b'{"a": "\\uDFFF x"}', "surrogate"),
         (b"\xff\xfe\xfa", "not valid JSON"),
+        (b'{"a": "\xed\xa0\x80"}', "not valid JSON"),
     ],
 )
 def test_hostile_bodies_become_invalid_request(body, needle):
