@@ -111,9 +111,8 @@ class Forwarder:
                         response.close()
         except TimeoutError:
             await relay.fail(UpstreamTimeout(f"{target.name} did not answer in time ({relay.stage()})"))
-        except aiohttp.ClientError as exc:
-            await relay.fail(UpstreamConnectError(f"{target.name}: connection failed ({type(exc).__name__})"))
-        except OSError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
+            # The type name only: aiohttp's message carries the URL, and a URL may carry a secret.
             await relay.fail(UpstreamConnectError(f"{target.name}: connection failed ({type(exc).__name__})"))
 
 

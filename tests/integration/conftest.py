@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -14,6 +15,16 @@ from proxy.demo import FakeProvider
 from tests.servers import serve
 
 CANARY_KEY = "sk-canary-7f3a9c1e5b2d4f6a8c0e"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll `condition` until it holds or `timeout` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
 
 
 @dataclass
