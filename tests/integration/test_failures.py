@@ -247,3 +247,32 @@ def test_no_error_path_puts_the_key_in_a_log_line(gateway_factory, caplog):
                 assert CANARY_KEY.encode() not in b"".join(received)
     assert caplog.records
     assert CANARY_KEY not in caplog.text
+
+
+def test_connect_deadline_is_a_504(gateway_factory):
+    # A listener whose accept queue is full drops new SYNs, so connecting hangs.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        live = gateway_factory(
+            f'[providers.slow]\nbase_url = "http://127.0.0.1:{port}/v1"\napi_key = "{CANARY_KEY}"\n',
+            timeouts="connect_s = 0.3",
+        )
+        started = time.monotonic()
+        response = httpx.post(live.url + CHAT, json={"model": "slow/x", "messages": MESSAGES}, timeout=10)
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in (*fillers, full):
+            sock.close()
+    error = assert_error_shape(response, 504)
+    assert "slow/x" in error["message"]
+    assert elapsed < 2
