@@ -36,10 +36,17 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
+def anonymous_tenant(presented: str | None) -> str:
+    """The pass-through tenant of a presented credential: `anon:` + a SHA-256 prefix, or `anon` for none.
+
+    Cryptographic, because the name is stored (cache keys) and must not reveal the key.
+    """
+    return _anon_tenant(presented) if presented else "anon"
+
+
 @functools.lru_cache(maxsize=4096)
 def _anon_tenant(presented: str) -> str:
-    # Cached: a SHA-256 per request cost ~3% of its CPU. Cryptographic, because
-    # the tenant name is stored (cache keys) and must not reveal the key.
+    # Cached: a SHA-256 per request cost ~3% of its CPU.
     return "anon:" + _digest(presented).hex()[:32]
 
 
@@ -68,7 +75,7 @@ class AuthMiddleware:
         presented = bearer_or_api_key(scope)
         if not self._enabled:
             call.client_key = presented
-            call.tenant = _anon_tenant(presented) if presented else "anon"
+            call.tenant = anonymous_tenant(presented)
         else:
             call.tenant = self._tenant(presented, admin_only=path.startswith(self.options.admin_prefixes))
         await self.app(scope, receive, send)

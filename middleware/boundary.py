@@ -45,11 +45,9 @@ class ErrorMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 call.status = message["status"]
-                headers = [
-                    *message.get("headers", ()),
-                    (REQUEST_ID, call.request_id.encode()),
-                    (SLUICE_CACHE, call.cache_status.encode()),
-                ]
+                headers = [*message.get("headers", ()), (REQUEST_ID, call.request_id.encode())]
+                if not call.cache_header_sent:
+                    headers.append((SLUICE_CACHE, call.cache_status.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -57,6 +57,7 @@ class Call:
     attempts: int = 0
     status: int | None = None
     cache_status: str = "BYPASS"
+    cache_header_sent: bool = False  # the cache layer stamped X-Sluice-Cache itself
     usage: dict[str, Any] | None = None
     cost_usd: float | None = None
     error: str | None = None

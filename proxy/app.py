@@ -9,6 +9,8 @@ from typing import Any
 
 from middleware.auth import AuthMiddleware, AuthOptions
 from middleware.boundary import ErrorMiddleware
+from middleware.cache import CacheMiddleware, CacheOptions
+from middleware.stores import CacheStore, MemoryCacheStore, RedisCacheStore
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy import endpoints
 from proxy.config import Config, load_config
@@ -27,6 +29,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         ErrorMiddleware    request id, X-Sluice-Cache, every failure in the contract's shape
         AuthMiddleware     gateway key -> tenant, or pass-through identity
         Endpoints          /healthz /readyz /v1/models, else /v1/... into the gateway below
+        CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
         RoutingMiddleware  body read once, `model` -> Route, first target
         Forwarder          one upstream request, bytes relayed as they arrive
     """
@@ -40,19 +43,43 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         ForwarderOptions(t.connect_s, t.first_byte_s, t.idle_s, t.total_s, config.server.max_body_bytes),
         scrub=scrubber.bytes,
     )
-    gateway = RoutingMiddleware(forwarder, router, config.server.max_body_bytes)
+    store = cache_store(config)
+    gateway: ASGIApp = RoutingMiddleware(forwarder, router, config.server.max_body_bytes)
+    gateway = CacheMiddleware(gateway, store, cache_options(config))
     app: ASGIApp = Endpoints(
         {
             ("GET", "/healthz"): endpoints.healthz,
-            # Redis is read by no store yet (the cache and shared state land with issues 4 and 5).
-            ("GET", "/readyz"): endpoints.readyz(lambda: "not configured" if config.redis is None else "not used yet"),
+            ("GET", "/readyz"): endpoints.readyz(lambda: "not configured" if config.redis is None else store.state()),
             ("GET", "/v1/models"): endpoints.models(router),
         },
         gateway=gateway,
-        lifespan=make_lifespan(upstream, tune_gc=tune_gc),
+        lifespan=make_lifespan(upstream, tune_gc=tune_gc, closing=(store.aclose,)),
     )
     app = AuthMiddleware(app, auth_options(config))
     return ErrorMiddleware(app, scrub=scrubber)
+
+
+def cache_store(config: Config) -> CacheStore:
+    """The memory LRU by default; Redis, fail-open, when [redis] is configured."""
+    if config.redis is None:
+        return MemoryCacheStore(max_bytes=config.cache.max_bytes, max_entry_bytes=config.cache.max_entry_bytes)
+    return RedisCacheStore.from_url(
+        config.redis.url, op_timeout_s=config.redis.op_timeout_ms / 1000, max_entry_bytes=config.cache.max_entry_bytes
+    )
+
+
+def cache_options(config: Config) -> CacheOptions:
+    """CacheMiddleware's options from [cache] and [timeouts].
+
+    Identical concurrent misses wait for the call in flight at most as long as
+    a first byte may take (60 s by default), then go upstream themselves.
+    """
+    return CacheOptions(
+        default_ttl_s=config.cache.default_ttl_s,
+        max_entry_bytes=config.cache.max_entry_bytes,
+        max_body_bytes=config.server.max_body_bytes,
+        lock_wait_s=min(config.timeouts.first_byte_s, config.timeouts.total_s),
+    )
 
 
 def auth_options(config: Config) -> AuthOptions:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,8 +43,10 @@ class Upstream:
             await self._session.close()
 
 
-def make_lifespan(upstream: Upstream, *, tune_gc: bool = False) -> Any:
-    """A Starlette lifespan that opens the upstream session at start-up and closes it at shutdown.
+def make_lifespan(
+    upstream: Upstream, *, tune_gc: bool = False, closing: Sequence[Callable[[], Awaitable[None]]] = ()
+) -> Any:
+    """A lifespan that opens the upstream session at start-up and closes it, and `closing`, at shutdown.
 
     With `tune_gc`, the objects made at start-up are frozen out of the
     collector and gen-0 collections made rarer: c=32 p99 10.8 -> 3.1 ms in
@@ -62,5 +64,7 @@ def make_lifespan(upstream: Upstream, *, tune_gc: bool = False) -> Any:
             yield
         finally:
             await upstream.aclose()
+            for close in closing:
+                await close()
 
     return lifespan

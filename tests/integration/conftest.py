@@ -12,6 +12,7 @@ import pytest
 from proxy.app import build_app
 from proxy.config import load_config
 from proxy.demo import FakeProvider
+from tests.redis_server import RedisServer, free_port
 from tests.servers import serve
 
 CANARY_KEY = "sk-canary-7f3a9c1e5b2d4f6a8c0e"
@@ -77,3 +78,11 @@ def gateway_factory(tmp_path, fake_server) -> Iterator[Callable[..., Live]]:
 def live(gateway_factory) -> Live:
     """The default live gateway: provider `fake` with a configured (canary) key, no gateway auth."""
     return gateway_factory()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.kill()

@@ -1,0 +1,54 @@
+"""A stored response: encoded to bytes for any store, decoded defensively (a bad entry is a miss)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+_MAGIC = b"SLC1"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a hit needs to answer: who it belongs to, who produced it, and the exact bytes."""
+
+    tenant: str
+    provider: str
+    model: str
+    content_type: str
+    stored_at: float  # wall clock (time.time()), so Age is right across replicas
+    body: bytes
+
+
+def encode(entry: Entry) -> bytes:
+    """MAGIC, a 4-byte header length, the header as JSON, then the body bytes untouched."""
+    header = json.dumps(
+        {
+            "tenant": entry.tenant,
+            "provider": entry.provider,
+            "model": entry.model,
+            "content_type": entry.content_type,
+            "stored_at": entry.stored_at,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return _MAGIC + len(header).to_bytes(4, "big") + header + entry.body
+
+
+def decode(data: bytes) -> Entry | None:
+    """The entry, or None when the bytes are not one this version wrote."""
+    if not data.startswith(_MAGIC) or len(data) < 8:
+        return None
+    size = int.from_bytes(data[4:8], "big")
+    try:
+        header = json.loads(data[8 : 8 + size])
+        return Entry(
+            tenant=str(header["tenant"]),
+            provider=str(header["provider"]),
+            model=str(header["model"]),
+            content_type=str(header["content_type"]),
+            stored_at=float(header["stored_at"]),
+            body=data[8 + size :],
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
