@@ -22,6 +22,10 @@ request is kept: the answers are prebuilt bytes and the read buffer is trimmed
 as requests are consumed, so memory does not grow with the request count.
 Keep-alive and pipelining work; chunked request bodies are refused (400, close).
 
+`GET /_stats` is the one exception: it answers `{"requests": N, "streams": S}`,
+the requests answered so far (completions and streams; not /_stats itself, not
+refused ones), so bench/cache.py can prove a cache-hit run never reached it.
+
     python bench/fake_upstream.py --port 0      # prints "listening 127.0.0.1:PORT"
 """
 
@@ -103,6 +107,14 @@ COMPLETION_RESPONSE = _completion_response()
 STREAM_FRAMES = stream_frames(STREAM_CHUNKS)
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _frames_cache: dict[int, tuple[bytes, ...]] = {STREAM_CHUNKS: STREAM_FRAMES}
+STATS_PATH = b"get /_stats "
+# Requests answered by every connection of this process: [all, streams]. /_stats reads it.
+COUNTS = [0, 0]
+
+
+def _stats_response() -> bytes:
+    body = json.dumps({"requests": COUNTS[0], "streams": COUNTS[1]}).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
 def _frames(chunks: int) -> tuple[bytes, ...]:
@@ -193,9 +205,14 @@ class FakeUpstream(asyncio.Protocol):
             stream = length > 0 and _wants_stream(buffer[end + 4 : total])
             del buffer[:total]
             self.closing = b"\nconnection: close" in head
-            if stream:
+            if head.startswith(STATS_PATH):
+                self.transport.write(_stats_response())
+            elif stream:
+                COUNTS[0] += 1
+                COUNTS[1] += 1
                 self._stream(head)
             else:
+                COUNTS[0] += 1
                 self.transport.write(COMPLETION_RESPONSE)
             if self.closing:
                 self.transport.close()

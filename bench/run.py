@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cache  # bench/cache.py: the cache-hit figures
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 LUA = BENCH / "post.lua"
@@ -134,6 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-calibrate", action="store_true", help="skip the reference proxy (saves ~14 s a repeat)")
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json", help="JSON results file")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target is missed")
+    cache.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = {"repeats": 1, "requests": 300, "streams": 40, "paced": 10, "duration": 2.0, "warmup": 0.5}
     full = {"repeats": 3, "requests": 3000, "streams": 300, "paced": 30, "duration": 10.0, "warmup": 2.0}
@@ -480,7 +483,8 @@ def measure_paced(gateway_port: int, gateway_pid: int, count: int) -> dict[str, 
 # ---------------------------------------------------------------- wrk
 
 
-def run_wrk(port: int, duration: float, args: argparse.Namespace) -> dict[str, Any]:
+def run_wrk(port: int, duration: float, args: argparse.Namespace, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One wrk run with post.lua; `env` adds variables for the script (BENCH_CACHE, BENCH_EXPECT_CACHE)."""
     argv = [
         "wrk",
         f"-t{args.threads}",
@@ -493,9 +497,13 @@ def run_wrk(port: int, duration: float, args: argparse.Namespace) -> dict[str, A
         str(LUA),
         f"http://{HOST}:{port}{PATH}",
     ]
-    env = {**os.environ, "BENCH_BODY": BODY.decode()}
     result = subprocess.run(
-        argv, capture_output=True, timeout=duration + 60, env=env, check=False, preexec_fn=_die_with_parent
+        argv,
+        capture_output=True,
+        timeout=duration + 60,
+        env={**os.environ, "BENCH_BODY": BODY.decode(), **(env or {})},
+        check=False,
+        preexec_fn=_die_with_parent,
     )
     out = result.stdout.decode(errors="replace")
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -727,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda number, _: sys.exit(128 + number))
     started = time.perf_counter()
     repeats: list[dict[str, Any]] = []
+    cache_repeats: list[dict[str, Any]] = []
     upstream_rss: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as folder:
         try:
@@ -737,12 +746,20 @@ def main(argv: list[str] | None = None) -> int:
             config = write_config(Path(folder), upstream_port)
             for n in range(args.repeats):
                 print(f"repeat {n + 1}/{args.repeats}", file=sys.stderr, flush=True)
-                repeats.append(one_repeat(procs, upstream_port, config, pins, args))
+                if not args.cache_only:
+                    repeats.append(one_repeat(procs, upstream_port, config, pins, args))
+                if not args.no_cache:  # with the reference proxy's figures of this repeat, when there are some
+                    reference = repeats[-1] if repeats and not args.no_calibrate else None
+                    cache_repeats.append(cache.one_repeat(procs, upstream_port, Path(folder), pins, args, reference))
                 upstream_rss.append(rss_mib(upstream.pid))  # the fake upstream must not grow per request
         finally:
             procs.stop_all()
-    summary = summarise(repeats)
+            if not args.no_cache:
+                cache.final_flush(args)
     meta = metadata(args, pins)
+    if args.cache_only:
+        return cache.cache_only(args, meta, cache_repeats, upstream_rss, started)
+    summary = summarise(repeats)
     print(f"\nSluice benchmark, {meta['when']}, git {meta['git']}, pinning: {pins[0]}, {args.repeats} repeat(s)\n")
     print(table(summary, TARGETS, args.repeats, "target"))
     if not args.no_calibrate:
@@ -754,11 +771,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwarning: wrk counted {errors:.0f} errors (non-2xx, timeouts or socket errors) in a run")
     print(f"\nfake upstream RSS (MiB) at start and after each repeat: {', '.join(f'{x:.1f}' for x in upstream_rss)}")
     meta["upstream_rss_mib"] = upstream_rss
-    result = {"meta": meta, "summary": summary, "repeats": repeats}
+    result: dict[str, Any] = {"meta": meta, "summary": summary, "repeats": repeats}
+    if cache_repeats:
+        result["cache"] = cache.report(cache_repeats, args, meta)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{time.perf_counter() - started:.0f} s; JSON in {args.output}")
     missed = [key for key, *_ in TARGETS if summary.get(key, {}).get("met") is False]
+    if result.get("cache", {}).get("invalid"):
+        return 1  # hits that were not hits: the cache figures are wrong, whatever --fail-on-miss says
     return 1 if args.fail_on_miss and (missed or errors) else 0
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from middleware.call import Call
 from middleware.errors import SluiceError, send_error
-from middleware.headers import REQUEST_ID, SLUICE_CACHE, new_request_id, request_id
+from middleware.headers import REQUEST_ID, SLUICE_ATTEMPTS, SLUICE_CACHE, new_request_id, request_id
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("sluice")
@@ -60,6 +60,8 @@ class ErrorMiddleware:
             call.error = exc.message
             if started:
                 raise
+            if call.attempts:
+                exc.headers = [*exc.headers, (SLUICE_ATTEMPTS, str(call.attempts).encode())]
             await send_error(send_with_call_headers, exc)
         except Exception:
             logger.error("unhandled error in request %s: %s", call.request_id, self.scrub(traceback.format_exc()))

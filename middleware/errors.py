@@ -12,6 +12,7 @@ Exception tree::
     └── UpstreamError                no answer could be had from a provider
         ├── UpstreamTimeout          504: a deadline passed before the answer started
         ├── UpstreamConnectError     502: connection refused, reset, DNS, TLS
+        ├── RateLimited              429: every target rate-limited
         └── TargetUnavailable        502: the target may not be tried (cooling down, no key)
 
 Messages are written for the client and must never hold a provider key: they
@@ -107,6 +108,14 @@ class UpstreamConnectError(UpstreamError):
     """502: the provider could not be reached, or broke the connection."""
 
     code = "upstream_connect_error"
+
+
+class RateLimited(UpstreamError):
+    """429: every target is rate-limited; Retry-After says when the first one may be tried."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
 
 
 class TargetUnavailable(UpstreamError):

@@ -10,6 +10,7 @@ from typing import Any
 from middleware.auth import AuthMiddleware, AuthOptions
 from middleware.boundary import ErrorMiddleware
 from middleware.cache import CacheMiddleware, CacheOptions
+from middleware.fallback import FallbackMiddleware
 from middleware.stores import CacheStore, MemoryCacheStore, RedisCacheStore
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy import endpoints
@@ -30,7 +31,8 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         AuthMiddleware     gateway key -> tenant, or pass-through identity
         Endpoints          /healthz /readyz /v1/models, else /v1/... into the gateway below
         CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
-        RoutingMiddleware  body read once, `model` -> Route, first target
+        RoutingMiddleware  body read once, `model` (+ X-Sluice-Fallback) -> Route
+        FallbackMiddleware the route's targets in order until one commits
         Forwarder          one upstream request, bytes relayed as they arrive
     """
     config = config or load_config(None)
@@ -44,7 +46,8 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         scrub=scrubber.bytes,
     )
     store = cache_store(config)
-    gateway: ASGIApp = RoutingMiddleware(forwarder, router, config.server.max_body_bytes)
+    gateway: ASGIApp = FallbackMiddleware(forwarder)
+    gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)
     gateway = CacheMiddleware(gateway, store, cache_options(config))
     app: ASGIApp = Endpoints(
         {

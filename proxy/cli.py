@@ -135,6 +135,10 @@ A completion:
 A stream:
   curl -sN {base}/v1/chat/completions -H 'content-type: application/json' -d '{stream_body}'
 
+A cache hit (run it twice: MISS, then HIT):
+  curl -si {base}/v1/chat/completions -H 'content-type: application/json' -H 'x-sluice-cache: on' \\
+    -d '{body}' | grep -i '^x-sluice-cache'
+
 With the openai SDK:
   from openai import OpenAI
   client = OpenAI(base_url="{base}/v1", api_key="unused")

@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from middleware.body import replay
 from middleware.call import Call, Route, Target
 from middleware.errors import InvalidRequest, ModelNotFound
+from middleware.headers import SLUICE_FALLBACK, header
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy.config import Config, ProviderConfig
 
 AUTO = "auto"
+MAX_FALLBACKS = 8
 
 
 def target_of(provider: ProviderConfig, model: str) -> Target:
@@ -60,6 +62,30 @@ class Router:
             param="model",
         )
 
+    def with_fallbacks(self, route: Route, chain: str) -> Route:
+        """`route` with the ad-hoc `X-Sluice-Fallback` chain appended (SPEC §5).
+
+        Only `provider/model` names of known providers: a header can name a
+        target, never a URL. Targets already in the route are not repeated.
+        """
+        extra: list[Target] = []
+        for name in (part.strip() for part in chain.split(",")):
+            if not name:
+                continue
+            provider_name, slash, model = name.partition("/")
+            provider = self.providers.get(provider_name) if slash and model else None
+            if provider is None:
+                raise InvalidRequest(
+                    f"X-Sluice-Fallback: '{name}' is not provider/model for a known provider", param="X-Sluice-Fallback"
+                )
+            extra.append(target_of(provider, model))
+        if len(extra) > MAX_FALLBACKS:
+            raise InvalidRequest(
+                f"X-Sluice-Fallback names more than {MAX_FALLBACKS} targets", param="X-Sluice-Fallback"
+            )
+        targets = route.targets + tuple(t for t in dict.fromkeys(extra) if t not in route.targets)
+        return Route(route.name, targets, route.strategy)
+
     def routable_names(self) -> list[str]:
         """Aliases (with `auto`), then every `provider/model` the catalog and config know."""
         names = list(self.routes)
@@ -88,7 +114,7 @@ class Router:
 
 
 class RoutingMiddleware:
-    """Reads the body once, resolves its `model` to a Route, and aims the call at the first target."""
+    """Reads the body once, resolves `model` (plus any X-Sluice-Fallback chain) to a Route, aims at its first target."""
 
     def __init__(self, app: ASGIApp, router: Router, max_body_bytes: int) -> None:
         self.app = app
@@ -107,6 +133,10 @@ class RoutingMiddleware:
         if not model.isprintable():
             # It is echoed in response headers, where a control character would break the response.
             raise InvalidRequest("`model` must not contain control characters", param="model")
-        call.route = self.router.resolve(model)
-        call.target = call.route.targets[0]
+        route = self.router.resolve(model)
+        chain = header(scope, SLUICE_FALLBACK)
+        if chain is not None:
+            route = self.router.with_fallbacks(route, chain.decode("latin-1"))
+        call.route = route
+        call.target = route.targets[0]
         await self.app(scope, replay(call.body or b"", receive), send)

@@ -88,11 +88,15 @@ def test_demo_printed_curl_works_verbatim(running):
     port = url.rsplit(":", 1)[1]
     banner_lines = []
     assert process.stdout is not None
-    while len(banner_lines) < 8:
+    while not banner_lines or "openai SDK" not in banner_lines[-1]:
         banner_lines.append(process.stdout.readline())
     curl = next(line for line in banner_lines if line.strip().startswith("curl ") and '"stream"' not in line)
     result = subprocess.run(shlex.split(curl.replace("8080", port)), capture_output=True, text=True, timeout=10)
     assert '"chat.completion"' in result.stdout
+    start = next(i for i, line in enumerate(banner_lines) if "x-sluice-cache: on" in line)
+    cache_snippet = (banner_lines[start] + banner_lines[start + 1]).replace("\\\n", " ").replace("8080", port)
+    runs = [subprocess.run(["bash", "-c", cache_snippet], capture_output=True, text=True, timeout=10) for _ in "ab"]
+    assert [r.stdout.strip().lower() for r in runs] == ["x-sluice-cache: miss", "x-sluice-cache: hit"]
 
 
 def test_check_config_prints_routes_with_keys_masked(tmp_path):
