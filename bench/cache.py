@@ -271,6 +271,7 @@ def measure_store(
     try:
         sent, _, done, response = client.exchange()
         figures["prime_status"] = cache_status(response)
+        figures["prime_misses"] = int(figures["prime_status"] == "MISS")
         figures["miss_ms"] = (done - sent) * 1000
         if not response.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"{store}: the priming request failed: {response[:300]!r}")
@@ -291,7 +292,7 @@ def measure_store(
         redis.flush()
     figures["non_hits"] = figures["non_hits_c1"] + figures.get("non_hits_wrk", 0)
     figures["valid"] = (
-        figures["prime_status"] == "MISS"
+        figures["prime_misses"] == 1
         and figures["non_hits"] == 0
         and figures["upstream_requests"] == 1
         and figures.get("wrk_errors", 0) == 0
@@ -357,9 +358,10 @@ def one_repeat(
             if redis:
                 redis.close()
         figures.update({f"{store}_{k}": v for k, v in measured.items()})
-    if reference is None and not args.no_calibrate:
-        reference = measure_reference(procs, upstream_port, folder, pins, args)
-    figures.update({k: v for k, v in (reference or {}).items() if k in REFERENCE_KEYS})
+    if reference is not None:  # run.py's repeat: only what the adjustment and the table use
+        figures.update({k: v for k, v in reference.items() if k in REFERENCE_KEYS})
+    elif not args.no_calibrate:
+        figures.update(measure_reference(procs, upstream_port, folder, pins, args))
     return figures
 
 
@@ -445,7 +447,10 @@ def table(summary: dict[str, Any], repeats: int) -> str:
                 adjusted = f"{run.fmt(a['median'], unit)} {unit}{would}"
             target_text = run.target_text(comparison, target, unit)
             lines.append(f"| {store}: {label} | {result(key, unit)} | {target_text} | {verdict} | {adjusted} |")
+        lines.append(check_row(summary, store, "prime_misses", "the priming call was a MISS", 1))
         lines.append(check_row(summary, store, "non_hits", "responses that were not a 200 HIT (c=1 + wrk)", 0))
+        if f"{store}_wrk_errors" in summary:
+            lines.append(check_row(summary, store, "wrk_errors", "wrk errors (socket, timeout, status)", 0))
         lines.append(check_row(summary, store, "upstream_requests", "upstream requests per gateway (the prime)", 1))
         if store == "redis":
             lines.append(check_row(summary, store, "redis_entries", "Redis entries after the run", 1))
@@ -477,7 +482,8 @@ def report(repeats: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
     """Print the cache table; return what goes under "cache" in the JSON."""
     summary = summarise(repeats)
     text = table(summary, len(repeats))
-    print(f"\nCache hits ({len(repeats)} repeat(s)); 'adjusted' scales by the reference proxy as above.\n")
+    print(f"\nCache hits, {len(repeats)} repeat(s). 'adjusted' = the figure times (PERF-NOTES' figure for the")
+    print("reference proxy ÷ the reference proxy's figure measured in the same repeat, on the same CPU).\n")
     print(text)
     for store in STORE_TARGETS:
         if f"{store}_c1_statuses" in (repeats[0] if repeats else {}):
