@@ -39,6 +39,11 @@ class FallbackMiddleware:
             await self.app(scope, receive, send)
             return
         call = Call.of(scope)
+        route = call.route
+        if route is None or len(route.targets) == 1:
+            # Nothing to fall back to: the one target's answer goes out as it comes.
+            await self.app(scope, receive, send)
+            return
         failures: list[tuple[Target, Attempt | None, SluiceError | None]] = []
         for target in usable_targets(call):
             call.target = target

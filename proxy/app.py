@@ -11,7 +11,7 @@ from middleware.auth import AuthMiddleware, AuthOptions
 from middleware.boundary import ErrorMiddleware
 from middleware.cache import CacheMiddleware, CacheOptions
 from middleware.fallback import FallbackMiddleware
-from middleware.stores import CacheStore, MemoryCacheStore, RedisCacheStore
+from middleware.stores import CacheStore, MemoryCacheStore
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy import endpoints
 from proxy.config import Config, load_config
@@ -66,6 +66,8 @@ def cache_store(config: Config) -> CacheStore:
     """The memory LRU by default; Redis, fail-open, when [redis] is configured."""
     if config.redis is None:
         return MemoryCacheStore(max_bytes=config.cache.max_bytes, max_entry_bytes=config.cache.max_entry_bytes)
+    from middleware.stores.redis import RedisCacheStore  # only with [redis]: redis-py is heavy to import
+
     return RedisCacheStore.from_url(
         config.redis.url, op_timeout_s=config.redis.op_timeout_ms / 1000, max_entry_bytes=config.cache.max_entry_bytes
     )

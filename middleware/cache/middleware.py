@@ -53,11 +53,12 @@ class CacheMiddleware:
             return
         call = Call.of(scope)
         asked = cache_request(scope, self.options.default_ttl_s, self.options.max_ttl_s)
-        send = _stamping(send, call)
         if asked.mode == OFF:
+            # Left to ErrorMiddleware (or absent, used alone): no wrapper on the uncached hot path.
             call.cache_status = BYPASS
             await self.app(scope, receive, send)
             return
+        send = _stamping(send, call)
         body = await call.read_body(scope, receive, self.options.max_body_bytes)
         if call.tenant is None:
             call.tenant = anonymous_tenant(bearer_or_api_key(scope))
