@@ -29,17 +29,20 @@ class CacheRequest:
     ttl_s: float
 
 
+_NOT_ASKED = CacheRequest(OFF, 0.0)
+
+
 def cache_request(scope: Scope, default_ttl_s: float, max_ttl_s: float) -> CacheRequest:
     """Parse the request's cache headers; InvalidRequest when one is malformed."""
     raw_mode = header(scope, SLUICE_CACHE)
     if raw_mode is None:
-        return CacheRequest(OFF, 0.0)
+        return _NOT_ASKED
     mode = _MODES.get(raw_mode.strip().lower())
     if mode is None:
         raise InvalidRequest("X-Sluice-Cache must be one of on, off, refresh", param="X-Sluice-Cache")
     directives = _cache_control(header(scope, CACHE_CONTROL))
     if mode == OFF or "no-store" in directives:
-        return CacheRequest(OFF, 0.0)
+        return _NOT_ASKED
     given = header(scope, SLUICE_CACHE_TTL)
     if given is not None:
         return CacheRequest(mode, _ttl(given, "X-Sluice-Cache-TTL", max_ttl_s))
