@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from middleware.attempt import RETRIABLE_STATUSES, Attempt
 from middleware.call import Call, Target
 from middleware.errors import RateLimited, SluiceError, TargetUnavailable, UpstreamError
+from middleware.retry_after import reset_after
 from middleware.types import ASGIApp, Receive, Scope, Send
 
 RATE_LIMITED = 429
@@ -99,10 +101,5 @@ def _all_rate_limited(failures: list[tuple[Target, Attempt | None, SluiceError |
 
 
 def _retry_after(attempt: Attempt) -> int | None:
-    for name, value in attempt.headers:
-        if name.lower() == b"retry-after":
-            try:
-                return max(0, int(value))
-            except ValueError:
-                return None
-    return None
+    wait = reset_after(attempt.headers)
+    return None if wait is None else math.ceil(wait)  # rounded up: a client never comes back early

@@ -93,6 +93,13 @@ def test_every_target_rate_limited_is_a_429_with_the_shortest_retry_after(gatewa
     assert response.json()["error"]["code"] == "rate_limited"
 
 
+def test_all_rate_limited_reads_retry_after_ms_and_rounds_up(gateway_factory):
+    live = gateway_factory(route("fake/429-ms-2500", "fake/429-ra-7"))
+    response = chat(live)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "3"
+
+
 def test_a_single_target_failing_is_relayed_as_the_provider_sent_it(live):
     response = chat(live, model="fake/503")
     assert response.status_code == 503
