@@ -85,6 +85,17 @@ class Call:
             self._json = parse_json_object(self.body or b"")
         return self._json
 
+    def client_key_for(self, target: Target) -> str | None:
+        """The client's own (pass-through) key when `target` may receive it, else None.
+
+        SPEC §5: it goes only to the provider the call first resolved to, never
+        to a fallback or race target of another provider.
+        """
+        if self.client_key is None:
+            return None
+        home = self.route.targets[0].provider if self.route and self.route.targets else target.provider
+        return self.client_key if target.provider == home else None
+
     def fork(self, target: Target) -> Call:
         """A copy for one racer, aimed at `target`; shared facts are copied, not aliased."""
         return dataclasses.replace(self, target=target, attempts=0, status=None, usage=None, error=None)

@@ -47,7 +47,7 @@ class FallbackMiddleware:
             await self.app(scope, receive, send)
             return
         failures: list[tuple[Target, Attempt | None, SluiceError | None]] = []
-        for target in usable_targets(call):
+        for target in usable_targets(call, route.targets):
             call.target = target
             call.error = None  # each attempt reports its own failure
             attempt = Attempt(send, self.options.retriable)
@@ -64,17 +64,11 @@ class FallbackMiddleware:
         await _answer_all_failed(failures, send)
 
 
-def usable_targets(call: Call) -> Iterator[Target]:
-    """The route's targets, skipping any that would need the client's own key at another provider."""
-    route = call.route
-    if route is None:
-        if call.target is not None:
-            yield call.target
-        return
-    meant_for = route.targets[0].provider if route.targets else None
-    for target in route.targets:
-        if target.api_key is None and call.client_key is not None and target.provider != meant_for:
-            continue  # SPEC §5: a pass-through key never goes to another provider
+def usable_targets(call: Call, targets: tuple[Target, ...]) -> Iterator[Target]:
+    """`targets`, skipping any with no key of its own that the client's key may not reach (SPEC §5)."""
+    for target in targets:
+        if target.api_key is None and call.client_key is not None and call.client_key_for(target) is None:
+            continue
         yield target
 
 

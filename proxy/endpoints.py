@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from middleware.errors import NotFound, send_error
@@ -22,12 +23,11 @@ async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
     await _send_json(send, {"status": "ok"})
 
 
-def readyz(redis_state: Any = None) -> ASGIApp:
+def readyz(redis_state: Callable[[], str]) -> ASGIApp:
     """Ready once the config is loaded (it is, if this runs); Redis is reported, never required."""
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        redis = "not configured" if redis_state is None else redis_state()
-        await _send_json(send, {"status": "ready", "redis": redis})
+        await _send_json(send, {"status": "ready", "redis": redis_state()})
 
     return endpoint
 

@@ -55,10 +55,7 @@ def provider_key(call: Call, target: Target) -> str | None:
     """
     if target.api_key is not None:
         return target.api_key
-    if call.client_key is None:
-        return None
-    meant_for = call.route.targets[0].provider if call.route and call.route.targets else target.provider
-    return call.client_key if target.provider == meant_for else None
+    return call.client_key_for(target)
 
 
 def response_headers(raw: tuple[tuple[bytes, bytes], ...], call: Call, target: Target) -> Headers:
