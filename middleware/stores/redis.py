@@ -1,9 +1,10 @@
 """RedisCacheStore: the cache shared by replicas, failing open (SPEC §7, RELIABILITY scenarios 5, 8 to 10).
 
-Every Redis call goes through `_call`, which bounds it by `op_timeout_s`,
-turns any backend failure into a sentinel, and feeds the breaker; so a Redis
-that is down, refusing or frozen costs each call at most one deadline, then
-nothing while the breaker is open, and the store recovers by itself.
+Every Redis call goes through `RedisOps.call` (`middleware.stores.redis_client`),
+which bounds it by `op_timeout_s`, turns any backend failure into a sentinel,
+and feeds the breaker; so a Redis that is down, refusing or frozen costs each
+call at most one deadline, then nothing while the breaker is open, and the
+store recovers by itself.
 
 Keys: entries at `prefix + b"cache:" + key`, locks at `prefix + b"lock:" + key`.
 """
@@ -12,34 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from middleware.stores.base import DEFAULT_MAX_ENTRY_BYTES
 from middleware.stores.breaker import Breaker
 from middleware.stores.memory import LocalFlights
+from middleware.stores.redis_client import DEFAULT_PREFIX as DEFAULT_PREFIX  # public here since before redis_client
+from middleware.stores.redis_client import FAILED, Failed, RedisOps, make_client
 
-T = TypeVar("T")
-
-DEFAULT_PREFIX = "sluice:v1:"
 POLL_S = 0.025  # how often a follower on another replica checks whether the leader is done
-
-
-class _Failed(enum.Enum):
-    FAILED = enum.auto()
-
-
-_FAILED = _Failed.FAILED
 
 
 class RedisCacheStore:
@@ -58,17 +45,29 @@ class RedisCacheStore:
         breaker: Breaker | None = None,
         max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     ) -> None:
-        self.client = client
-        self.op_timeout_s = op_timeout_s
-        self.breaker = breaker or Breaker()
         self.max_entry_bytes = max_entry_bytes
         self.stats: dict[str, int] = {"hits": 0, "misses": 0, "sets": 0, "too_big": 0, "errors": 0, "skipped": 0}
+        self._ops = RedisOps(client, op_timeout_s=op_timeout_s, breaker=breaker or Breaker(), stats=self.stats)
         raw = prefix.encode()
         self._entry_prefix = raw + b"cache:"
         self._lock_prefix = raw + b"lock:"
-        self._failed_at: float | None = None  # when the last call failed; None after a success
         self._flights = LocalFlights()
-        self._releasing: set[asyncio.Future[_Failed | None]] = set()  # lock releases still running
+        self._releasing: set[asyncio.Future[Failed | None]] = set()  # lock releases still running
+
+    @property
+    def client(self) -> Redis:
+        """The redis-py client (for tests and inspection; the store's calls go through `RedisOps`)."""
+        return self._ops.client
+
+    @property
+    def op_timeout_s(self) -> float:
+        """The deadline of each Redis operation."""
+        return self._ops.op_timeout_s
+
+    @property
+    def breaker(self) -> Breaker:
+        """The breaker that skips Redis after repeated failures."""
+        return self._ops.breaker
 
     @classmethod
     def from_url(
@@ -82,35 +81,9 @@ class RedisCacheStore:
         max_connections: int = 64,
         health_check_interval_s: int = 5,
     ) -> RedisCacheStore:
-        """A store on a client built for failing fast; connects lazily, so Redis may be down now.
-
-        The connect timeout is `op_timeout_s` and every call is bounded by it, with at most one
-        immediate retry (redis-py 8's defaults cost 3.5 s per call on a closed
-        port and ~58 s on a frozen server). The pool is bounded and waits at
-        most `op_timeout_s` for a free connection. Idle connections are
-        PINGed after `health_check_interval_s`, so ones left stale by a Redis
-        restart are dropped rather than failing a call.
-        """
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=op_timeout_s,
-            # No per-read socket timeout: `_call` bounds every operation with
-            # asyncio.timeout(op_timeout_s) already, and redis-py wraps each
-            # send in wait_for when one is set (a Task per send on 3.11: -14%
-            # CPU per Redis hit without it).
-            socket_timeout=None,
-            socket_connect_timeout=op_timeout_s,
-            retry=Retry(NoBackoff(), 1, (RedisConnectionError, RedisTimeoutError)),
-            health_check_interval=health_check_interval_s,
-            # RESP2: with redis-py 8's default RESP3, maintenance notifications
-            # are on ("auto") and the pool then skips its check that a pooled
-            # connection holds no unread reply; that check is a second guard
-            # against desync after a cancellation.
-            protocol=2,
-        )
+        """A store on a client built for failing fast (`redis_client.make_client`); Redis may be down now."""
         return cls(
-            Redis.from_pool(pool),
+            make_client(url, op_timeout_s, max_connections, health_check_interval_s),
             op_timeout_s=op_timeout_s,
             prefix=prefix,
             breaker=breaker,
@@ -120,8 +93,8 @@ class RedisCacheStore:
     async def get(self, key: bytes) -> bytes | None:
         """The stored value, or None on a miss or any failure."""
         entry_key = self._entry_prefix + key
-        value = await self._call(lambda: self.client.get(entry_key))
-        if value is _FAILED or value is None:
+        value = await self._ops.call(lambda: self._ops.client.get(entry_key))
+        if value is FAILED or value is None:
             self.stats["misses"] += 1
             return None
         self.stats["hits"] += 1
@@ -136,8 +109,8 @@ class RedisCacheStore:
             return False  # already expired, or a TTL Redis cannot take
         entry_key = self._entry_prefix + key
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
-        stored = await self._call(lambda: self.client.set(entry_key, value, px=ttl_ms))
-        if stored is _FAILED or not stored:
+        stored = await self._ops.call(lambda: self._ops.client.set(entry_key, value, px=ttl_ms))
+        if stored is FAILED or not stored:
             return False
         self.stats["sets"] += 1
         return True
@@ -157,24 +130,14 @@ class RedisCacheStore:
                 yield leader
 
     def state(self) -> str:
-        """For /readyz: "down" while the breaker refuses calls or within `open_s` of a failed call, else "up".
-
-        A failure only counts as "down" for one cool-down: a caller that skips
-        the store while it is "down" must not keep it down for ever.
-        """
-        if self.breaker.state == "open":
-            return "down"
-        failed_at = self._failed_at
-        if failed_at is not None and self.breaker.clock() - failed_at < self.breaker.open_s:
-            return "down"
-        return "up"
+        """For /readyz: "down" while the breaker refuses calls or just after a failed call, else "up"."""
+        return self._ops.state()
 
     async def aclose(self) -> None:
         """Finish pending lock releases, then close the client and its connection pool; never raises."""
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.aclose(close_connection_pool=True)
+        await self._ops.aclose()
 
     @contextlib.asynccontextmanager
     async def _shared_flight(self, key: bytes, wait_s: float) -> AsyncIterator[bool]:
@@ -183,8 +146,8 @@ class RedisCacheStore:
         # The lock expires after `wait_s`, when followers stop waiting anyway,
         # so a crashed replica cannot hold it.
         lock_ms = max(1, math.ceil(wait_s * 1000))
-        acquired = await self._call(lambda: self.client.set(lock_key, token, nx=True, px=lock_ms))
-        if acquired is _FAILED:
+        acquired = await self._ops.call(lambda: self._ops.client.set(lock_key, token, nx=True, px=lock_ms))
+        if acquired is FAILED:
             yield True  # no Redis, no lock: lead without one
             return
         if acquired:
@@ -205,15 +168,15 @@ class RedisCacheStore:
         deadline = loop.time() + wait_s
         while (remaining := deadline - loop.time()) > 0:
             await asyncio.sleep(min(POLL_S, remaining))
-            done = await self._call(lambda: self._leader_done(lock_key, entry_key))
-            if done is _FAILED:
+            done = await self._ops.call(lambda: self._leader_done(lock_key, entry_key))
+            if done is FAILED:
                 return True
             if done:
                 return False
         return False
 
     async def _leader_done(self, lock_key: bytes, entry_key: bytes) -> bool:
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._ops.client.pipeline(transaction=False) as pipe:
             pipe.exists(lock_key)
             pipe.exists(entry_key)
             lock_count, entry_count = await pipe.execute()
@@ -224,7 +187,7 @@ class RedisCacheStore:
         # (under anyio, every await in a cancelled scope is cancelled again)
         # still releases promptly instead of leaving followers to wait out
         # the lock's TTL. The task is bounded by `op_timeout_s`.
-        release = asyncio.ensure_future(self._call(lambda: self._release(lock_key, token)))
+        release = asyncio.ensure_future(self._ops.call(lambda: self._release(lock_key, token)))
         self._releasing.add(release)
         release.add_done_callback(self._releasing.discard)
         await asyncio.shield(release)
@@ -233,7 +196,7 @@ class RedisCacheStore:
         # Delete the lock only while it still holds our token: if it expired,
         # another leader may own it now. WATCH rather than a Lua script,
         # because fakeredis without `lupa` has no EVAL.
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self._ops.client.pipeline(transaction=True) as pipe:
             await pipe.watch(lock_key)
             if await pipe.get(lock_key) != token:
                 return
@@ -241,39 +204,3 @@ class RedisCacheStore:
             pipe.delete(lock_key)
             with contextlib.suppress(WatchError):  # changed under us: not ours any more
                 await pipe.execute()
-
-    async def _call(self, op: Callable[[], Awaitable[T]]) -> T | _Failed:
-        """Run one Redis operation within `op_timeout_s`; `_FAILED` on any failure, never raising.
-
-        `op` is a factory, so no coroutine is even created while the breaker
-        is open. Cancellation propagates: redis-py (>= 5) disconnects a
-        connection whose command was interrupted, so it cannot be reused
-        with an unread reply in it.
-        """
-        if not self.breaker.allow():
-            self.stats["skipped"] += 1
-            return _FAILED
-        task = asyncio.current_task()
-        cancels = task.cancelling() if task is not None else 0
-        result: T | _Failed
-        try:
-            async with asyncio.timeout(self.op_timeout_s):
-                result = await op()
-        except (RedisError, OSError, TimeoutError):
-            # RedisError covers redis-py's ConnectionError/TimeoutError;
-            # TimeoutError is our own deadline; OSError a socket failure that
-            # redis-py did not wrap.
-            result = _FAILED
-            self.stats["errors"] += 1
-            self._failed_at = self.breaker.clock()
-            self.breaker.failure()
-        else:
-            self._failed_at = None
-            self.breaker.success()
-        if task is not None and task.cancelling() > cancels:
-            # A cancel was requested but never delivered: redis-py sends under
-            # `asyncio.wait_for`, which on Python 3.11 swallows a cancel that
-            # lands as the send completes (CPython gh-86296, fixed in 3.12).
-            # The operation did finish cleanly; deliver the cancel now.
-            raise asyncio.CancelledError
-        return result
