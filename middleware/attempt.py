@@ -7,9 +7,17 @@ start is held until the first body byte (or the end of a body). At that point:
   target (what came is kept, bounded, in case it is the answer to relay);
 - anything else commits: the held start and the body go out, and the rest
   streams straight through.
+
+A racer's attempt (`until="content"`) holds longer, so that only a real answer
+wins a race (SPEC §8): an SSE stream until its first chunk that is more than
+comments (keep-alives), a plain body until its end; and it commits only if
+`may_commit()` says it is the first to get there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
 
 from middleware.types import Headers, Message, Send
 
@@ -18,17 +26,32 @@ RETRIABLE_STATUSES = frozenset({401, 403, 404, 408, 409, 429, *range(500, 600)})
 _KEPT_BYTES = 64 * 1024
 
 
+class LostRace(Exception):
+    """Raised into a racer that reached its commit point after another racer had won."""
+
+
 class Attempt:
     """Wraps `send` for one try; after the inner app returns, says whether it committed or failed."""
 
-    def __init__(self, send: Send, retriable: frozenset[int] = RETRIABLE_STATUSES) -> None:
+    def __init__(
+        self,
+        send: Send,
+        retriable: frozenset[int] = RETRIABLE_STATUSES,
+        *,
+        until: Literal["first_byte", "content"] = "first_byte",
+        may_commit: Callable[[], bool] | None = None,
+    ) -> None:
         self._send = send
         self._retriable = retriable
+        self._until_content = until == "content"
+        self._may_commit = may_commit
         self.start: Message | None = None
         self.committed = False
         self.failed = False
+        self.ended = False  # the last body message went out
         self._kept: list[bytes] = []
         self._kept_size = 0
+        self._early: list[bytes] = []  # held before the commit point (racers only)
         self.complete = False
 
     @property
@@ -49,6 +72,7 @@ class Attempt:
     async def send(self, message: Message) -> None:
         """The `send` the inner app is given."""
         if self.committed:
+            self.ended = message["type"] == "http.response.body" and not message.get("more_body", False)
             await self._send(message)
             return
         if message["type"] == "http.response.start":
@@ -58,18 +82,39 @@ class Attempt:
             await self._send(message)
             return
         chunk: bytes = message.get("body", b"")
-        if not self.failed and not self._fails(chunk):
-            self.committed = True
-            await self._send(self.start)
-            await self._send(message)
+        more: bool = message.get("more_body", False)
+        if self.failed or self._fails(b"".join((*self._early, chunk)) if self._early else chunk):
+            self.failed = True
+            self._keep(chunk, more=more)
             return
-        self.failed = True
-        self._keep(chunk, more=message.get("more_body", False))
+        if self._until_content and more and self._before_content(chunk):
+            self._early.append(chunk)
+            return
+        if self._may_commit is not None and not self._may_commit():
+            raise LostRace
+        self.committed = True
+        await self._send(self.start)
+        if self._early:
+            chunk = b"".join((*self._early, chunk))
+            self._early.clear()
+        self.ended = not more
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    def _before_content(self, chunk: bytes) -> bool:
+        """Still short of a racer's commit point: a plain body not yet whole, or SSE comments only."""
+        if not self._is_sse():
+            return True
+        return all(not line or line.startswith(b":") for line in b"".join((*self._early, chunk)).splitlines())
+
+    def _is_sse(self) -> bool:
+        return any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in self.headers)
 
     def _fails(self, first_chunk: bytes) -> bool:
         assert self.start is not None
         if self.start["status"] in self._retriable:
             return True
+        if first_chunk.startswith(b":"):  # keep-alive comments before the first event
+            first_chunk = b"\n".join(x for x in first_chunk.splitlines() if x and not x.startswith(b":"))
         # A 200 stream whose first event is an error: nothing useful was sent yet.
         return first_chunk.startswith(b"data:") and first_chunk[5:].lstrip().startswith(b'{"error"')
 

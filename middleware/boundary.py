@@ -60,7 +60,7 @@ class ErrorMiddleware:
             call.error = exc.message
             if started:
                 raise
-            if call.attempts:
+            if call.route is not None:  # a routed call says how many upstream tries it made, even 0
                 exc.headers = [*exc.headers, (SLUICE_ATTEMPTS, str(call.attempts).encode())]
             await send_error(send_with_call_headers, exc)
         except Exception:

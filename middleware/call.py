@@ -2,7 +2,8 @@
 
 One writer per field: the error boundary makes the Call and its request id,
 auth writes the tenant, routing writes the route, strategies write the
-target, the forwarder writes attempts and the response facts.
+target (and how many alternatives are left), the forwarder writes one
+`AttemptRecord` per upstream try and the response facts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from middleware.body import parse_json_object, read_body
+from middleware.stores.state_base import TargetState
 from middleware.types import Receive, Scope
 
 CALL_KEY = "sluice.call"
@@ -42,6 +44,26 @@ class Route:
     name: str
     targets: tuple[Target, ...]
     strategy: str = "fallback"
+    racers: int = 0  # how many targets a race starts (0: every target, up to the race layer's cap)
+    hedge_delay_ms: float | str | None = None  # delay before each further racer; "auto": live p95 TTFT
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One upstream try of a call, for the ledger (SPEC §8, §10). Times are seconds since the call began."""
+
+    target: str
+    provider: str
+    model: str
+    started_s: float
+    status: int | None = None  # the upstream's status; None when it never answered
+    error: str | None = None  # why the try failed, when it did
+    first_byte_s: float | None = None
+    duration_s: float | None = None
+    # The upstream may have accepted (and charged) a try that did not deliver an answer:
+    # a timeout or reset after sending, a 500/502/504, a cut stream, a cancelled race loser.
+    possibly_billed: bool = False
+    outcome: str = "pending"  # "ok", "failed", "cancelled" (race loser, client gone)
 
 
 @dataclass(slots=True)
@@ -54,7 +76,16 @@ class Call:
     body: bytes | None = field(default=None, repr=False)
     route: Route | None = None
     target: Target | None = None
-    attempts: int = 0
+    # Shared (not copied) with forks, so racers' tries are all counted on the call.
+    tries: list[AttemptRecord] = field(default_factory=list)
+    last_try: AttemptRecord | None = None  # this call's (or racer's) latest try
+    # How many other targets a strategy could still try after this one; 0 lets the
+    # backoff layer wait out a short cooldown in place (SPEC §8).
+    alternatives: int = 0
+    waited: bool = False  # a cooldown was already waited out in this call (at most once)
+    deadline: float | None = None  # event-loop time by which every attempt must be done
+    # The health snapshot of the targets, read from the state store once per call.
+    target_states: dict[str, TargetState] | None = field(default=None, repr=False)
     status: int | None = None
     cache_status: str = "BYPASS"
     cache_header_sent: bool = False  # the cache layer stamped X-Sluice-Cache itself
@@ -85,6 +116,11 @@ class Call:
             self._json = parse_json_object(self.body or b"")
         return self._json
 
+    @property
+    def attempts(self) -> int:
+        """Upstream tries made so far (the X-Sluice-Attempts value)."""
+        return len(self.tries)
+
     def client_key_for(self, target: Target) -> str | None:
         """The client's own (pass-through) key when `target` may receive it, else None.
 
@@ -98,4 +134,4 @@ class Call:
 
     def fork(self, target: Target) -> Call:
         """A copy for one racer, aimed at `target`; shared facts are copied, not aliased."""
-        return dataclasses.replace(self, target=target, attempts=0, status=None, usage=None, error=None)
+        return dataclasses.replace(self, target=target, status=None, usage=None, error=None)

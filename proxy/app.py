@@ -8,10 +8,16 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from middleware.auth import AuthMiddleware, AuthOptions
+from middleware.backoff import BackoffMiddleware
 from middleware.boundary import ErrorMiddleware
+from middleware.budget import RetryBudget
 from middleware.cache import CacheMiddleware, CacheOptions
 from middleware.fallback import FallbackMiddleware
+from middleware.health import TargetHealth
+from middleware.race import RaceMiddleware
 from middleware.stores import CacheStore, MemoryCacheStore
+from middleware.stores.state_base import StateStore
+from middleware.stores.state_memory import MemoryStateStore
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy import endpoints
 from proxy.config import Config, load_config
@@ -32,7 +38,9 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         Endpoints          /healthz /readyz /v1/models, else /v1/... into the gateway below
         CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
         RoutingMiddleware  body read once, `model` (+ X-Sluice-Fallback) -> Route
+        RaceMiddleware     `race` calls: several targets (hedged), the first real answer wins
         FallbackMiddleware the route's targets in order until one commits
+        BackoffMiddleware  per try: skip cooling/ejected targets, learn 429 resets, short waits
         Forwarder          one upstream request, bytes relayed as they arrive
     """
     config = config or load_config(None)
@@ -46,7 +54,8 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         scrub=scrubber.bytes,
     )
     store = cache_store(config)
-    gateway: ASGIApp = FallbackMiddleware(forwarder)
+    health = target_health(config)
+    gateway: ASGIApp = RaceMiddleware(FallbackMiddleware(BackoffMiddleware(forwarder, health), health=health))
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)
     gateway = CacheMiddleware(gateway, store, cache_options(config))
     app: ASGIApp = Endpoints(
@@ -56,7 +65,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
             ("GET", "/v1/models"): endpoints.models(router),
         },
         gateway=gateway,
-        lifespan=make_lifespan(upstream, tune_gc=tune_gc, closing=(store.aclose,)),
+        lifespan=make_lifespan(upstream, tune_gc=tune_gc, closing=(store.aclose, health.store.aclose)),
     )
     app = AuthMiddleware(app, auth_options(config))
     return ErrorMiddleware(app, scrub=scrubber)
@@ -71,6 +80,19 @@ def cache_store(config: Config) -> CacheStore:
     return RedisCacheStore.from_url(
         config.redis.url, op_timeout_s=config.redis.op_timeout_ms / 1000, max_entry_bytes=config.cache.max_entry_bytes
     )
+
+
+def target_health(config: Config) -> TargetHealth:
+    """Cooldowns and circuits in memory by default; in Redis, shared by replicas, with [redis]."""
+    store: StateStore
+    if config.redis is None:
+        store = MemoryStateStore()
+    else:
+        from middleware.stores.state_redis import RedisStateStore
+
+        store = RedisStateStore.from_url(config.redis.url, op_timeout_s=config.redis.op_timeout_ms / 1000)
+    budget = RetryBudget(ratio=config.retry.budget_ratio)
+    return TargetHealth(store, budget=budget, max_wait_s=config.retry.max_wait_s)
 
 
 def cache_options(config: Config) -> CacheOptions:

@@ -154,7 +154,9 @@ class FakeProvider:
         elif not isinstance(rec.json, dict):
             await _send_json(send, 400, error_body(400, "The request body is not a JSON object."))
         else:
-            step = self.script.next_step() or directive_step(rec.model or "", self._seen) or self.script.default
+            # A queued step wins; only then the model name (and its `-then-200` counter) is looked at.
+            step = self.script.next_step() or directive_step(rec.model or "", self._seen, rec.json)
+            step = step or self.script.default
             await _pause(step.first_byte_delay_s)
             await self._reply(rec, rec.json, step, send)
         rec.completed = True

@@ -22,6 +22,8 @@ A `provider/` prefix is ignored. Directives:
 - `cut-after-<k>`: send k content chunks, then drop the connection (no `[DONE]`).
 - `bad-json`: 200 whose body (or first SSE data line) is not JSON.
 - `redirect`: 307 to the cloud metadata address, which a gateway must not follow.
+- `rejects-stream-options`: 400 naming `stream_options` when the body has that field, as some
+  OpenAI-compatible servers answer; without it, as `echo` (RELIABILITY.md 22).
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ _ERRORS: dict[int, tuple[str, str, str | None]] = {
     502: ("Bad gateway.", "server_error", None),
     503: ("The engine is currently overloaded, please try again later.", "server_error", None),
     504: ("Gateway timeout.", "server_error", None),
+}
+
+STREAM_OPTIONS_ERROR: dict[str, Any] = {
+    "error": {
+        "message": "Unrecognized request argument supplied: stream_options",
+        "type": "invalid_request_error",
+        "param": "stream_options",
+        "code": None,
+    }
 }
 
 QUOTA_ERROR: dict[str, Any] = {
@@ -145,12 +156,16 @@ def _fault(name: str) -> Step | None:
     return Step(status=int(name)) if _STATUS.fullmatch(name) else None
 
 
-def directive_step(model: str, seen: dict[str, int]) -> Step | None:
+def directive_step(model: str, seen: dict[str, int], req: dict[str, Any] | None = None) -> Step | None:
     """The step the model name asks for, or `None` for a plain model (use the default step).
 
     `seen` counts earlier requests per model name, for `<status>-then-200:<k>`; it is updated here.
+    `req` is the request's JSON body, for `rejects-stream-options`.
     """
     name = model.rsplit("/", 1)[-1]
+    if name == "rejects-stream-options":
+        has_field = req is not None and "stream_options" in req
+        return Step(status=400, error_body=STREAM_OPTIONS_ERROR) if has_field else None
     if match := _THEN_200.fullmatch(name):
         count = seen.get(model, 0)
         seen[model] = count + 1

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from middleware.body import replay
 from middleware.call import Call, Route, Target
 from middleware.errors import InvalidRequest, ModelNotFound
-from middleware.headers import SLUICE_FALLBACK, header
+from middleware.headers import SLUICE_FALLBACK, SLUICE_RACE, SLUICE_ROUTE, header
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy.config import Config, ProviderConfig
 
 AUTO = "auto"
 MAX_FALLBACKS = 8
+MAX_RACERS = 8
+# X-Sluice-Route values this version serves; cheapest/fastest/ab come with smart routing.
+ROUTE_OVERRIDES = ("fallback", "race")
 
 
 def target_of(provider: ProviderConfig, model: str) -> Target:
@@ -33,7 +37,9 @@ class Router:
     def __init__(self, config: Config) -> None:
         self.providers: Mapping[str, ProviderConfig] = config.providers
         self.routes: dict[str, Route] = {
-            name: Route(name, tuple(self._parse_target(t) for t in rc.targets), rc.strategy)
+            name: Route(
+                name, tuple(self._parse_target(t) for t in rc.targets), rc.strategy, hedge_delay_ms=rc.hedge_delay_ms
+            )
             for name, rc in config.routes.items()
         }
         if AUTO not in self.routes:
@@ -84,7 +90,7 @@ class Router:
                 f"X-Sluice-Fallback names more than {MAX_FALLBACKS} targets", param="X-Sluice-Fallback"
             )
         targets = route.targets + tuple(t for t in dict.fromkeys(extra) if t not in route.targets)
-        return Route(route.name, targets, route.strategy)
+        return dataclasses.replace(route, targets=targets)
 
     def routable_names(self) -> list[str]:
         """Aliases (with `auto`), then every `provider/model` the catalog and config know."""
@@ -137,6 +143,25 @@ class RoutingMiddleware:
         chain = header(scope, SLUICE_FALLBACK)
         if chain is not None:
             route = self.router.with_fallbacks(route, chain.decode("latin-1"))
-        call.route = route
+        call.route = with_strategy_headers(route, scope)
         call.target = route.targets[0]
         await self.app(scope, replay(call.body or b"", receive), send)
+
+
+def with_strategy_headers(route: Route, scope: Scope) -> Route:
+    """`route` as `X-Sluice-Route` and `X-Sluice-Race: N` ask for this call (SPEC §5); 400 on a bad value."""
+    strategy = header(scope, SLUICE_ROUTE)
+    race = header(scope, SLUICE_RACE)
+    if strategy is None and race is None:
+        return route
+    if strategy is not None:
+        name = strategy.decode("latin-1").strip().lower()
+        if name not in ROUTE_OVERRIDES:
+            raise InvalidRequest(f"X-Sluice-Route must be one of {', '.join(ROUTE_OVERRIDES)}", param="X-Sluice-Route")
+        route = dataclasses.replace(route, strategy=name)
+    if race is not None:
+        text = race.decode("latin-1").strip()
+        if not (text.isdigit() and 2 <= int(text) <= MAX_RACERS):
+            raise InvalidRequest(f"X-Sluice-Race must be a whole number from 2 to {MAX_RACERS}", param="X-Sluice-Race")
+        route = dataclasses.replace(route, strategy="race", racers=int(text))
+    return route

@@ -99,7 +99,6 @@ class CacheMiddleware:
         if entry is None or entry.tenant != call.tenant:
             return False
         call.cache_status = HIT
-        call.attempts = 0
         age = max(0, int(self.options.clock() - entry.stored_at))
         headers = [
             (b"content-type", entry.content_type.encode("latin-1")),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 
 import httpx
 import openai
@@ -113,7 +114,6 @@ def test_pass_through_keys_never_share_entries(gateway_factory):
 @pytest.mark.parametrize(
     ("step", "stream"),
     [
-        (Step(status=429, headers={"retry-after": "1"}), False),
         (Step(status=500), False),
         (Step(status=400), False),
         (Step(cut_after=2), True),
@@ -134,6 +134,18 @@ def test_failed_answers_are_never_stored(gateway_factory, step, stream):
     again = post(live, body)
     assert again.headers["x-sluice-cache"] == "MISS"
     assert again.status_code == 200
+    assert live.fake.count() == 2
+
+
+def test_a_rate_limited_answer_is_never_stored(gateway_factory):
+    live = gateway_factory("[retry]\nmax_wait_s = 0\n")  # relay the 429 rather than wait it out
+    live.fake.script.steps.append(Step(status=429, headers={"retry-after-ms": "200"}))
+    body = {"model": "fake/echo", "messages": MESSAGES}
+    first = post(live, body)
+    assert (first.status_code, first.headers["x-sluice-cache"]) == (429, "MISS")
+    time.sleep(0.25)  # the target's cooldown
+    again = post(live, body)
+    assert (again.status_code, again.headers["x-sluice-cache"]) == (200, "MISS")
     assert live.fake.count() == 2
 
 

@@ -1,4 +1,4 @@
-from middleware.call import Call, Route, Target
+from middleware.call import AttemptRecord, Call, Route, Target
 from proxy.forwarder import upstream_body, upstream_url
 from proxy.upstream_headers import provider_key, response_headers, upstream_headers
 
@@ -61,7 +61,7 @@ def test_response_headers_keep_rate_limits_and_rename_the_provider_request_id():
         (b"x-sluice-cache", b"HIT"),
     )
     call = call_to(KEYED)
-    call.attempts = 1
+    call.tries.append(AttemptRecord(KEYED.name, KEYED.provider, KEYED.model, 0.0))
     assert response_headers(raw, call, KEYED) == [
         (b"content-type", b"application/json"),
         (b"x-ratelimit-remaining-requests", b"9"),
