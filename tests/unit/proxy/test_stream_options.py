@@ -9,7 +9,7 @@ from middleware.call import Call, Route, Target
 from proxy import stream_options
 from proxy.demo import FakeProvider, Script, Step
 from proxy.demo_script import directive_step
-from proxy.forwarder import upstream_body
+from proxy.upstream_request import upstream_body
 
 TAKES_IT = Target("cerebras", "llama3.1-8b", "https://api.cerebras.ai/v1")
 REFUSES_IT = Target("local", "my-model", "http://127.0.0.1:8000/v1", stream_options=False)

@@ -1,6 +1,6 @@
 from middleware.call import AttemptRecord, Call, Route, Target
-from proxy.forwarder import upstream_body, upstream_url
 from proxy.upstream_headers import provider_key, response_headers, upstream_headers
+from proxy.upstream_request import upstream_body, upstream_url
 
 OPENAI = Target("openai", "gpt-4o-mini", "https://api.openai.com/v1", api_key=None)
 GROQ = Target("groq", "llama", "https://api.groq.com/openai/v1", api_key=None)
