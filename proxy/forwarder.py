@@ -67,16 +67,20 @@ class Forwarder:
             raise NotFound("no target was chosen for this call")
         body = await call.read_body(scope, receive, self.options.max_body_bytes)
         rejecting = self.rejects_stream_options
-        options_sent = stream_options.sent(call.json(), target, rejecting)
+        data = call.json()
+        options_sent = stream_options.sent(data, target, rejecting)
+        strip = stream_options.injected(data, target, rejecting)
         payload = upstream_body(call, target, body, rejecting)
-        if await self._try(scope, receive, send, payload, options_sent=options_sent) and not call.client_gone:
+        if await self._try(scope, receive, send, payload, options_sent=options_sent, strip_usage=strip):
             # Learned once per provider, so its later calls skip the failing try; the
             # retry is a try of its own (X-Sluice-Attempts: 2) and is never retried again.
             rejecting.add(target.provider)
             payload = upstream_body(call, target, body, rejecting)
-            await self._try(scope, receive, send, payload, options_sent=False)
+            await self._try(scope, receive, send, payload, options_sent=False, strip_usage=False)
 
-    async def _try(self, scope: Scope, receive: Receive, send: Send, payload: bytes, *, options_sent: bool) -> bool:
+    async def _try(
+        self, scope: Scope, receive: Receive, send: Send, payload: bytes, *, options_sent: bool, strip_usage: bool
+    ) -> bool:
         """One upstream try, with its own record, in the call's deadline; True when it refused `stream_options`."""
         call = Call.of(scope)
         target = call.target
@@ -94,7 +98,9 @@ class Forwarder:
         call.last_try = record
         task = asyncio.current_task()
         assert task is not None
-        relay = Relay(send, call, target, self.scrub, record, hold_options_refusal=options_sent)
+        relay = Relay(
+            send, call, target, self.scrub, record, hold_options_refusal=options_sent, strip_usage=strip_usage
+        )
         watcher = asyncio.create_task(cancel_on_disconnect(receive, relay, task))
         try:
             await self._exchange(scope["method"], url, headers, payload, relay, call.deadline)

@@ -18,6 +18,7 @@ from middleware.headers import with_header
 from middleware.types import Headers, Receive, Send
 from proxy import stream_options
 from proxy.upstream_headers import response_headers
+from proxy.usage import StreamUsage
 
 # Answers after which the provider may already have done (and charged for) the work:
 # a 500 mid-generation, or a gateway in front of it timing out (502/504). 503/529 and
@@ -37,6 +38,7 @@ class Relay:
         record: AttemptRecord,
         *,
         hold_options_refusal: bool = False,
+        strip_usage: bool = False,
     ) -> None:
         self.send = send
         self.scrub = scrub
@@ -48,6 +50,7 @@ class Relay:
         self.is_sse = False
         self.hold_options_refusal = hold_options_refusal  # the body sent carries `stream_options`
         self.options_refused = False  # held back, for the forwarder to retry without the field
+        self.strip_usage = strip_usage  # the gateway asked for usage: remove the extra event
 
     def settle(self, outcome: str, *, billed: bool) -> None:
         """Close the attempt's record, once: the first outcome reported is the one kept."""
@@ -75,6 +78,9 @@ class Relay:
         self.record.first_byte_s = time.perf_counter() - self.call.started_at - self.record.started_s
         await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
         self.started = True
+        if self.is_sse:
+            await self._relay_stream(content, chunk, reschedule)
+            return
         while not content.is_eof():
             await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
             reschedule()
@@ -83,6 +89,20 @@ class Relay:
         # disconnect reported from here on is the server's end-of-response one.
         self.finished = True
         await self.send({"type": "http.response.body", "body": chunk, "more_body": False})
+
+    async def _relay_stream(self, content: aiohttp.StreamReader, chunk: bytes, reschedule: Callable[[], None]) -> None:
+        """An SSE stream: the same relay, with its usage read (and removed, when the gateway asked for it)."""
+        usage = StreamUsage(strip=self.strip_usage)
+        while not content.is_eof():
+            out = usage.feed(chunk)
+            if out:  # an empty chunk in a chunked response would end it
+                await self.send({"type": "http.response.body", "body": out, "more_body": True})
+            reschedule()
+            chunk = await content.readany()
+        out = usage.feed(chunk) + usage.finish()
+        self.call.usage = usage.usage
+        self.finished = True
+        await self.send({"type": "http.response.body", "body": out, "more_body": False})
 
     async def _relay_error(self, response: aiohttp.ClientResponse, headers: Headers) -> None:
         # Error bodies are small and sometimes echo what was sent (a provider

@@ -1,4 +1,8 @@
-"""Which providers receive the client's `stream_options` (SPEC §2, RELIABILITY.md 22).
+"""Which providers receive `stream_options`, and when the gateway adds it (SPEC §2, §10, RELIABILITY.md 22).
+
+For cost accounting the gateway asks for usage on every stream whose client did
+not (`include_usage`), where the provider accepts the field; `proxy.usage`
+then removes the extra usage event so the client sees what it asked for.
 
 A provider configured `stream_options = false` never receives the field. A custom
 provider may reject it without being configured so: its 400 naming the field is held
@@ -22,9 +26,23 @@ def withheld(target: Target, rejecting: Collection[str]) -> bool:
     return not target.stream_options or target.provider in rejecting
 
 
+def injected(data: dict[str, Any], target: Target, rejecting: Collection[str]) -> bool:
+    """Whether the gateway adds `include_usage` for `target`: a stream whose client did not ask for usage."""
+    if data.get("stream") is not True or withheld(target, rejecting):
+        return False
+    options = data.get(FIELD)
+    return not (isinstance(options, dict) and options.get("include_usage") is True)
+
+
+def with_usage(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` asking for usage on its stream, keeping any other `stream_options` the client set."""
+    options = data.get(FIELD)
+    return {**data, FIELD: {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+
+
 def sent(data: dict[str, Any], target: Target, rejecting: Collection[str]) -> bool:
-    """Whether the upstream body for `target` carries the client's `stream_options` (from its parsed `data`)."""
-    return FIELD in data and not withheld(target, rejecting)
+    """Whether the upstream body for `target` carries `stream_options` (the client's, or the gateway's)."""
+    return (FIELD in data or injected(data, target, rejecting)) and not withheld(target, rejecting)
 
 
 def refused(status: int, body: bytes) -> bool:

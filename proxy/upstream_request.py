@@ -38,18 +38,22 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def upstream_body(call: Call, target: Target, body: bytes, rejecting: Collection[str] = frozenset()) -> bytes:
-    """The body with `model` set to the provider's own id, without `stream_options` where the provider must not get it.
+    """The body for `target`: its own model id, `stream_options` only where the provider takes it.
 
     `rejecting` names the providers learned to refuse the field (see `proxy.stream_options`).
-    When nothing changes, the client's bytes are returned as they are.
+    A stream whose client did not ask for usage asks for it (SPEC §10). When nothing
+    changes, the client's bytes are returned as they are.
     """
     data = call.json()
     drop = stream_options.FIELD in data and stream_options.withheld(target, rejecting)
-    if data.get("model") == target.model and not drop:
+    inject = stream_options.injected(data, target, rejecting)
+    if data.get("model") == target.model and not drop and not inject:
         return body
     data = {**data, "model": target.model}
     if drop:
         del data[stream_options.FIELD]
+    if inject:
+        data = stream_options.with_usage(data)
     try:
         return _ENCODER.encode(data).encode()
     except RecursionError:

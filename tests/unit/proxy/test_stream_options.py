@@ -49,10 +49,20 @@ def test_the_field_is_dropped_even_when_the_model_already_matches():
     assert upstream_body(call_with(REFUSES_IT, body), REFUSES_IT, body) == b'{"model":"my-model","stream":true}'
 
 
-@pytest.mark.parametrize("target", [REFUSES_IT, TAKES_IT])
-def test_the_clients_bytes_pass_as_they_are_without_the_field(target):
-    body = f'{{ "model" : "{target.model}", "stream": true }}'.encode()
+@pytest.mark.parametrize(("target", "stream"), [(REFUSES_IT, "true"), (TAKES_IT, "false"), (REFUSES_IT, "false")])
+def test_the_clients_bytes_pass_as_they_are_when_nothing_is_added(target, stream):
+    body = f'{{ "model" : "{target.model}", "stream": {stream} }}'.encode()
     assert upstream_body(call_with(target, body), target, body) is body
+
+
+def test_a_stream_whose_client_did_not_ask_for_usage_asks_for_it_where_the_provider_takes_it():
+    body = {"model": "m", "stream": True, "stream_options": {"chunk_hint": 1}, "messages": []}
+    assert sent_json(TAKES_IT, body)["stream_options"] == {"chunk_hint": 1, "include_usage": True}
+    assert stream_options.injected(body, TAKES_IT, set())
+    assert not stream_options.injected(STREAM, TAKES_IT, set())  # the client asked itself
+    assert not stream_options.injected(body, REFUSES_IT, set())
+    assert not stream_options.injected(body, LEARNED, {"vllm"})
+    assert not stream_options.injected({"model": "m"}, TAKES_IT, set())
 
 
 def test_the_clients_bytes_pass_as_they_are_with_the_field_to_a_provider_that_takes_it():
@@ -64,7 +74,8 @@ def test_sent_is_true_only_when_the_body_carries_the_field_to_a_provider_that_ta
     assert stream_options.sent(STREAM, TAKES_IT, set())
     assert not stream_options.sent(STREAM, REFUSES_IT, set())
     assert not stream_options.sent(STREAM, LEARNED, {"vllm"})
-    assert not stream_options.sent({"model": "m", "stream": True}, TAKES_IT, set())
+    assert stream_options.sent({"model": "m", "stream": True}, TAKES_IT, set())  # the gateway asks for usage
+    assert not stream_options.sent({"model": "m", "stream": False}, TAKES_IT, set())
 
 
 @pytest.mark.parametrize(
