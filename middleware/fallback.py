@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -64,6 +63,7 @@ class FallbackMiddleware:
         call = Call.of(scope)
         plan = await self.health.plan(call, targets)
         failures: Failures = [(t, None, skipped_error(t, b)) for t, b in plan.skipped]
+        budget = self.health.budget
         for position, target in enumerate(plan.tries):
             if _past_deadline(call):
                 failures.append((target, None, UpstreamTimeout("the call's deadline passed before this target")))
@@ -71,18 +71,21 @@ class FallbackMiddleware:
             call.target = target
             call.alternatives = len(plan.tries) - position - 1
             call.error = None  # each attempt reports its own failure
+            retrying = call.attempts > 0  # any try after the call's first needs the budget
+            if retrying and not budget.acquire():
+                failures.append((target, None, TargetUnavailable("the retry budget is spent")))
+                break
             attempt = Attempt(send, self.options.retriable)
-            with contextlib.ExitStack() as held:
-                if call.attempts and not held.enter_context(self.health.budget.retry()):
-                    failures.append((target, None, TargetUnavailable("the retry budget is spent")))
-                    break
-                try:
-                    await self.app(scope, receive, attempt.send)
-                except UpstreamError as exc:
-                    if attempt.committed:
-                        raise
-                    failures.append((target, None, exc))
-                    continue
+            try:
+                await self.app(scope, receive, attempt.send)
+            except UpstreamError as exc:
+                if attempt.committed:
+                    raise
+                failures.append((target, None, exc))
+                continue
+            finally:
+                if retrying:
+                    budget.release()
             if attempt.committed or call.client_gone:
                 return None
             failures.append((target, attempt, None))

@@ -94,13 +94,20 @@ class TargetHealth:
         return target_id(target.provider, target.model, target.api_key or call.client_key_for(target) or "")
 
     async def load(self, call: Call, targets: Iterable[Target] = ()) -> dict[str, TargetState]:
-        """The call's snapshot of its targets' states; read from the store once per call (one round trip)."""
+        """The call's snapshot of its targets' states; read from the store once per call (one round trip).
+
+        With no `targets`: the route's targets and the current one. Ids already in the
+        snapshot are not read again, so the backoff layer's check after a strategy's
+        plan costs one dict lookup.
+        """
         states = call.target_states
+        if states is None:
+            states = call.target_states = {}
+        elif not targets and call.target is not None and self.id_of(call, call.target) in states:
+            return states
         wanted = [self.id_of(call, t) for t in (targets or (call.route.targets if call.route else ()))]
         if call.target is not None:
             wanted.append(self.id_of(call, call.target))
-        if states is None:
-            states = call.target_states = {}
         missing = [i for i in dict.fromkeys(wanted) if i not in states]
         if missing:
             states.update(zip(missing, await self.store.read(missing), strict=True))
