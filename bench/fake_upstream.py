@@ -22,11 +22,27 @@ request is kept: the answers are prebuilt bytes and the read buffer is trimmed
 as requests are consumed, so memory does not grow with the request count.
 Keep-alive and pipelining work; chunked request bodies are refused (400, close).
 
-`GET /_stats` is the one exception: it answers `{"requests": N, "streams": S}`,
-the requests answered so far (completions and streams; not /_stats itself, not
-refused ones), so bench/cache.py can prove a cache-hit run never reached it.
+`--delay-ms N` (a start-up option, default 0) delays every answer's first byte
+by N ms: the request is read, then the answer (completion or stream, paced or
+not) starts N ms later; the connection answers nothing else meanwhile. A client
+that closes the connection before then has aborted that request. bench/race.py
+uses it for the slow target of a race. With the default 0 the answering path is
+the one above, plus one attribute test.
 
-    python bench/fake_upstream.py --port 0      # prints "listening 127.0.0.1:PORT"
+`GET /_stats` is the one exception (never delayed): it answers
+`{"requests": N, "streams": S, "received": R, "aborted": A, "in_flight": F,
+"aborted_ms_sum": T, "aborted_ms_max": M, "connections": C, "open_connections": O}`:
+the requests answered so far (completions and streams; not /_stats itself, not
+refused ones), so bench/cache.py can prove a cache-hit run never reached it; of
+them streams; the requests read in full (answered, aborted or waiting); the ones
+whose connection closed while their answer was delayed; the ones waiting out
+their delay now; for the aborted ones, the ms from reading the request to the
+close, summed, and the largest since the previous /_stats; the connections
+accepted so far and those open now (the one asking included). bench/race.py uses
+these to show that a race's loser is closed, and how soon, not left to answer.
+
+    python bench/fake_upstream.py --port 0                  # prints "listening 127.0.0.1:PORT"
+    python bench/fake_upstream.py --port 0 --delay-ms 200   # a slow provider
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024
@@ -110,10 +127,20 @@ _frames_cache: dict[int, tuple[bytes, ...]] = {STREAM_CHUNKS: STREAM_FRAMES}
 STATS_PATH = b"get /_stats "
 # Requests answered by every connection of this process: [all, streams]. /_stats reads it.
 COUNTS = [0, 0]
+# With --delay-ms only: requests [read in full, aborted by the client before their answer, waiting now],
+# and ABORT_MS: [the ms from reading an aborted request to its close, summed; their max since the last /_stats].
+DELAYED = [0, 0, 0]
+ABORT_MS = [0.0, 0.0]
+CONNECTIONS = [0, 0]  # [accepted so far, open now]
 
 
 def _stats_response() -> bytes:
-    body = json.dumps({"requests": COUNTS[0], "streams": COUNTS[1]}).encode()
+    stats = {"requests": COUNTS[0], "streams": COUNTS[1]}
+    stats.update(received=COUNTS[0] + DELAYED[1] + DELAYED[2], aborted=DELAYED[1], in_flight=DELAYED[2])
+    stats.update(aborted_ms_sum=round(ABORT_MS[0], 3), aborted_ms_max=round(ABORT_MS[1], 3))
+    stats.update(connections=CONNECTIONS[0], open_connections=CONNECTIONS[1])
+    ABORT_MS[1] = 0.0
+    body = json.dumps(stats).encode()
     return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
@@ -148,22 +175,36 @@ def _query_options(head: bytes) -> tuple[int, float, float]:
 class FakeUpstream(asyncio.Protocol):
     """One connection: answers each complete request in order, keep-alive until the client closes."""
 
-    __slots__ = ("buffer", "closing", "loop", "paced", "transport")
+    __slots__ = ("buffer", "closing", "delay_s", "delayed", "delayed_at", "loop", "paced", "transport")
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closing = False
-        self.paced = False  # a paced stream is being written; later requests wait in the buffer
+        self.paced = False  # a paced (or delayed) answer is being written; later requests wait in the buffer
         self.loop = asyncio.get_running_loop()
+        self.delay_s = delay_s  # --delay-ms: every answer starts this late
+        self.delayed: asyncio.TimerHandle | None = None  # the delayed answer waiting to start
+        self.delayed_at = 0.0  # when it was read (time.perf_counter)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
+        CONNECTIONS[0] += 1
+        CONNECTIONS[1] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        CONNECTIONS[1] -= 1
         self.closing = True
         self.transport = None
         self.buffer = bytearray()
+        if self.delayed is not None:  # the client left before the answer started: an aborted request
+            waited_ms = (time.perf_counter() - self.delayed_at) * 1000
+            ABORT_MS[0] += waited_ms
+            ABORT_MS[1] = max(ABORT_MS[1], waited_ms)
+            self.delayed.cancel()
+            self.delayed = None
+            DELAYED[1] += 1
+            DELAYED[2] -= 1
 
     def pause_writing(self) -> None:  # a slow reader: stop reading its requests until it catches up
         if self.transport is not None:
@@ -207,6 +248,8 @@ class FakeUpstream(asyncio.Protocol):
             self.closing = b"\nconnection: close" in head
             if head.startswith(STATS_PATH):
                 self.transport.write(_stats_response())
+            elif self.delay_s:
+                self._answer_later(head, stream)
             elif stream:
                 COUNTS[0] += 1
                 COUNTS[1] += 1
@@ -216,6 +259,34 @@ class FakeUpstream(asyncio.Protocol):
                 self.transport.write(COMPLETION_RESPONSE)
             if self.closing:
                 self.transport.close()
+
+    def _answer_later(self, head: bytes, stream: bool) -> None:
+        """--delay-ms: start this answer `delay_s` from now; the connection answers nothing else meanwhile."""
+        self.paced = True
+        DELAYED[2] += 1
+        self.delayed_at = time.perf_counter()
+        self.delayed = self.loop.call_later(self.delay_s, self._answer_delayed, head, stream, self.closing)
+        self.closing = False  # decided when the answer has gone out
+
+    def _answer_delayed(self, head: bytes, stream: bool, close_after: bool) -> None:
+        self.delayed = None
+        DELAYED[2] -= 1
+        if self.transport is None:
+            return
+        self.paced = False
+        self.closing = close_after
+        COUNTS[0] += 1
+        if stream:
+            COUNTS[1] += 1
+            self._stream(head)  # may pace the rest: it then closes or goes on by itself
+            if self.paced:
+                return
+        else:
+            self.transport.write(COMPLETION_RESPONSE)
+        if self.closing:
+            self.transport.close()
+        elif self.buffer:
+            self._answer_all()
 
     def _stream(self, head: bytes) -> None:
         assert self.transport is not None
@@ -272,10 +343,15 @@ def _install_uvloop() -> str:
     return "uvloop"
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, delay_ms: float = 0.0) -> None:
     """Listen until SIGTERM or SIGINT; print the bound address on stdout first."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(FakeUpstream, host, port, backlog=1024, reuse_address=True)
+    delay_s = delay_ms / 1000
+
+    def protocol() -> FakeUpstream:
+        return FakeUpstream(delay_s)
+
+    server = await loop.create_server(protocol, host, port, backlog=1024, reuse_address=True)
     bound = server.sockets[0].getsockname()
     print(f"listening {bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
@@ -289,10 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A fast fake OpenAI upstream (canned chat.completion / SSE stream).")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; keep it loopback)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free port, printed)")
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="delay every answer's first byte by this many ms (default 0)"
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.delay_ms <= 60_000:
+        parser.error("--delay-ms must be between 0 and 60000")
     loop_name = _install_uvloop()
-    print(f"fake upstream on {loop_name}", file=sys.stderr, flush=True)
-    asyncio.run(serve(args.host, args.port))
+    delay = f", answers delayed {args.delay_ms:g} ms" if args.delay_ms else ""
+    print(f"fake upstream on {loop_name}{delay}", file=sys.stderr, flush=True)
+    asyncio.run(serve(args.host, args.port, args.delay_ms))
     return 0
 
 

@@ -4,6 +4,7 @@
 --
 -- BENCH_BODY in the environment replaces the body (bench/run.py passes the one its own client sends);
 -- otherwise BENCH_STREAM=1 asks for `"stream": true` (a 50-chunk SSE answer from bench/fake_upstream.py).
+-- BENCH_KEY replaces the bearer key sk-client-bench (bench/stack.py sends a gateway key).
 -- BENCH_CACHE=on sends `X-Sluice-Cache: on` (the cache-hit figures, bench/cache.py).
 -- BENCH_EXPECT_CACHE=HIT also checks every response's X-Sluice-Cache header and counts the others
 -- ("cache_other" in the JSON line; -1 when not checked). Checking makes wrk parse every response's
@@ -17,7 +18,7 @@ local expect = os.getenv("BENCH_EXPECT_CACHE")
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-client-bench"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "sk-client-bench")
 if cache and cache ~= "" then
   wrk.headers["X-Sluice-Cache"] = cache
 end

@@ -1,7 +1,7 @@
 """The Sluice benchmark: the gateway next to calling the upstream directly, on loopback, in one run.
 
-    .venv/bin/python bench/run.py            # full run, ~2.5 min: 3 repeats, medians with [min, max]
-    .venv/bin/python bench/run.py --quick    # smoke run, ~15 s: 1 repeat, small counts
+    .venv/bin/python bench/run.py            # full run, ~5 min: 3 repeats, medians with [min, max]
+    .venv/bin/python bench/run.py --quick    # smoke run, ~30 s: 1 repeat, small counts
 
 It starts bench/fake_upstream.py and `sluice serve` as subprocesses (with two or more
 cores: the upstream, this client and wrk on the first CPU, the gateway alone on the
@@ -9,9 +9,11 @@ second, via `taskset`), measures, prints a Markdown table with the targets, and 
 the figures as JSON to bench/results/latest.json. In each repeat it also measures
 bench/reference_proxy.py (PERF-NOTES.md's minimal aiohttp proxy) the same way, so the
 figures can be read against the reference box even when this one is slower or busier.
-bench/README.md says what each figure means. Every subprocess is stopped on the way out
-(finally, atexit, and a parent-death signal), every loop is bounded in count and time,
-and nothing leaves 127.0.0.1.
+The other parts live in modules of their own, called from here: the full stack beside
+these pass-through figures (bench/stack.py, per repeat), the cache hits (bench/cache.py,
+per repeat) and racing (bench/race.py, once). bench/README.md says what each figure
+means. Every subprocess is stopped on the way out (finally, atexit, and a parent-death
+signal), every loop is bounded in count and time, and nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import cache  # bench/cache.py: the cache-hit figures
+import race  # bench/race.py: the racing figures
+import stack  # bench/stack.py: the full-stack figures
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -50,6 +54,7 @@ CHUNKS = 50  # the fake upstream's stream: 49 events then `data: [DONE]`
 MESSAGES = '[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello, how are you today?"}]'
 BODY = ('{"model": "bench/m", "messages": ' + MESSAGES + "}").encode()
 STREAM_BODY = ('{"model": "bench/m", "messages": ' + MESSAGES + ', "stream": true}').encode()
+CLIENT_KEY = "sk-client-bench"  # what the client sends as its bearer key (post.lua's default too)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 MAX_RESPONSE = 16 * MIB
@@ -137,14 +142,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json", help="JSON results file")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target is missed")
     cache.add_arguments(parser)
+    stack.add_arguments(parser)
+    race.add_arguments(parser)
     args = parser.parse_args(argv)
-    quick = {"repeats": 1, "requests": 300, "streams": 40, "paced": 10, "duration": 2.0, "warmup": 0.5}
-    full = {"repeats": 3, "requests": 3000, "streams": 300, "paced": 30, "duration": 10.0, "warmup": 2.0}
+    quick = {"repeats": 1, "requests": 300, "streams": 40, "paced": 10, "duration": 2.0, "warmup": 0.5, **race.QUICK}
+    full = {"repeats": 3, "requests": 3000, "streams": 300, "paced": 30, "duration": 10.0, "warmup": 2.0, **race.FULL}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.repeats < 1 or args.requests < 10 or args.streams < 5 or args.duration <= 0 or args.connections < 1:
         parser.error("--repeats >= 1, --requests >= 10, --streams >= 5, --duration > 0 and --connections >= 1")
+    if args.cache_only and args.race_only:
+        parser.error("--cache-only and --race-only: choose one")
+    race.check_arguments(parser, args)
     return args
 
 
@@ -207,8 +217,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_upstream(procs: Processes, pinning: str, cpu: int | None, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    argv = [sys.executable, str(BENCH / "fake_upstream.py"), "--host", HOST, "--port", "0"]
+def start_upstream(
+    procs: Processes, pinning: str, cpu: int | None, log: Path, options: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Spawn bench/fake_upstream.py (with `options`, e.g. --delay-ms); return it and its port."""
+    argv = [sys.executable, str(BENCH / "fake_upstream.py"), "--host", HOST, "--port", "0", *options]
     with log.open("wb") as err:
         proc = procs.spawn(argv, cpu, pinning, stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
@@ -239,12 +252,19 @@ def write_config(folder: Path, upstream_port: int) -> Path:
 
 
 def start_server(
-    procs: Processes, argv: list[str], cpu: int | None, pinning: str, port: int, log: Path
+    procs: Processes,
+    argv: list[str],
+    cpu: int | None,
+    pinning: str,
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], float]:
-    """Spawn a server; return it and the seconds from spawning to its first 200 on /healthz."""
+    """Spawn a server (`env` added to this process's environment); return it and the seconds to its first 200."""
+    environ = {**os.environ, **env} if env else None
     with log.open("ab") as out:
         started = time.perf_counter()
-        proc = procs.spawn(argv, cpu, pinning, stdout=out, stderr=subprocess.STDOUT, cwd=str(log.parent))
+        proc = procs.spawn(argv, cpu, pinning, stdout=out, stderr=subprocess.STDOUT, cwd=str(log.parent), env=environ)
     deadline = started + 20
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
@@ -309,10 +329,10 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 # ---------------------------------------------------------------- the c=1 client
 
 
-def http_request(port: int, body: bytes, query: str = "") -> bytes:
+def http_request(port: int, body: bytes, query: str = "", key: str = CLIENT_KEY) -> bytes:
     head = (
         f"POST {PATH}{query} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-        f"Accept: application/json\r\nAuthorization: Bearer sk-client-bench\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Accept: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -381,18 +401,19 @@ def no_gc() -> Iterator[None]:
         gc.enable()
 
 
-def interleaved(
-    direct: Client, gateway: Client, count: int, budget_s: float, chunks: int | None
-) -> tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]]:
-    """`count` exchanges on each side, alternating, bounded by `budget_s`; each (sent, first, done)."""
+Timing = tuple[float, float, float]  # (sent, first body byte, done), perf_counter
+
+
+def interleaved(clients: Sequence[Client], count: int, budget_s: float, chunks: int | None) -> list[list[Timing]]:
+    """`count` exchanges on each client, one each in turn, bounded by `budget_s`; each (sent, first, done)."""
     warm = max(20, count // 20)
-    for client in (direct, gateway) * warm:
+    for client in tuple(clients) * warm:
         check_response(client.exchange()[3], chunks)
-    sides: tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]] = ([], [])
+    sides: list[list[Timing]] = [[] for _ in clients]
     deadline = time.perf_counter() + budget_s
     with no_gc():
         for _ in range(count):
-            for side, client in zip(sides, (direct, gateway), strict=True):
+            for side, client in zip(sides, clients, strict=True):
                 sent, first, done, response = client.exchange()
                 side.append((sent, first, done))
             if time.perf_counter() > deadline:
@@ -407,7 +428,7 @@ def measure_c1(upstream_port: int, proxy_port: int, proxy_pid: int, count: int) 
     proxy = Client(proxy_port, http_request(proxy_port, BODY))
     try:
         before = cpu_ns(proxy_pid)
-        d, p = interleaved(direct, proxy, count, 60.0, None)
+        d, p = interleaved((direct, proxy), count, 60.0, None)
         cpu_ms = (cpu_ns(proxy_pid) - before) / 1e6
     finally:
         direct.close()
@@ -427,11 +448,11 @@ def measure_c1(upstream_port: int, proxy_port: int, proxy_pid: int, count: int) 
     return out
 
 
-def stream_pair(upstream_port: int, proxy_port: int, count: int, query: str) -> tuple[list[Any], list[Any]]:
+def stream_pair(upstream_port: int, proxy_port: int, count: int, query: str) -> list[list[Any]]:
     direct = Client(upstream_port, http_request(upstream_port, STREAM_BODY, query))
     proxy = Client(proxy_port, http_request(proxy_port, STREAM_BODY, query))
     try:
-        return interleaved(direct, proxy, count, 60.0, CHUNKS)
+        return interleaved((direct, proxy), count, 60.0, CHUNKS)
     finally:
         direct.close()
         proxy.close()
@@ -527,12 +548,12 @@ def wrk_direct(upstream_port: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def wrk_proxy(port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+def wrk_proxy(port: int, pid: int, args: argparse.Namespace, env: dict[str, str] | None = None) -> dict[str, Any]:
     """req/s and latency at c=32, and the proxy's CPU per request from /proc/PID/stat around the measured run."""
     if args.warmup > 0:
-        run_wrk(port, args.warmup, args)
+        run_wrk(port, args.warmup, args, env)
     ticks, ns = cpu_ticks(pid), cpu_ns(pid)
-    via = run_wrk(port, args.duration, args)
+    via = run_wrk(port, args.duration, args, env)
     ticks, ns = cpu_ticks(pid) - ticks, cpu_ns(pid) - ns
     requests = max(1, via["requests"])
     return {
@@ -715,6 +736,7 @@ def metadata(args: argparse.Namespace, pins: tuple[str, int | None, int | None])
         "cpu_upstream_client_wrk": pins[1],
         "cpu_gateway": pins[2],
         "wrk": command("wrk", "--version").splitlines()[0] if shutil.which("wrk") else None,
+        "pythonpath": os.environ.get("PYTHONPATH"),  # set when the gateway's code is taken from elsewhere
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
 
@@ -734,8 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda number, _: sys.exit(128 + number))
     started = time.perf_counter()
-    repeats: list[dict[str, Any]] = []
-    cache_repeats: list[dict[str, Any]] = []
+    parts = Parts(args)
     upstream_rss: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as folder:
         try:
@@ -744,42 +765,93 @@ def main(argv: list[str] | None = None) -> int:
             upstream, upstream_port = start_upstream(procs, pins[0], pins[1], Path(folder) / "upstream.log")
             upstream_rss.append(rss_mib(upstream.pid))
             config = write_config(Path(folder), upstream_port)
-            for n in range(args.repeats):
+            for n in range(args.repeats if parts.per_repeat else 0):
                 print(f"repeat {n + 1}/{args.repeats}", file=sys.stderr, flush=True)
-                if not args.cache_only:
-                    repeats.append(one_repeat(procs, upstream_port, config, pins, args))
-                if not args.no_cache:  # with the reference proxy's figures of this repeat, when there are some
-                    reference = repeats[-1] if repeats and not args.no_calibrate else None
-                    cache_repeats.append(cache.one_repeat(procs, upstream_port, Path(folder), pins, args, reference))
+                if parts.foundation:
+                    parts.repeats.append(one_repeat(procs, upstream_port, config, pins, args))
+                if parts.full_stack:  # compared with the foundation's figures of this repeat, when there are some
+                    foundation = parts.repeats[-1] if parts.foundation else None
+                    parts.stack.append(stack.one_repeat(procs, upstream_port, Path(folder), pins, args, foundation))
+                if parts.cache:  # with the reference proxy's figures of this repeat, when there are some
+                    reference = parts.repeats[-1] if parts.repeats and not args.no_calibrate else None
+                    parts.cache_repeats.append(
+                        cache.one_repeat(procs, upstream_port, Path(folder), pins, args, reference)
+                    )
                 upstream_rss.append(rss_mib(upstream.pid))  # the fake upstream must not grow per request
+            if parts.race:
+                print("racing", file=sys.stderr, flush=True)
+                parts.race_result = race.measure(procs, upstream_port, Path(folder), pins, args)
         finally:
             procs.stop_all()
-            if not args.no_cache:
+            if parts.cache:
                 cache.final_flush(args)
     meta = metadata(args, pins)
     if args.cache_only:
-        return cache.cache_only(args, meta, cache_repeats, upstream_rss, started)
-    summary = summarise(repeats)
-    print(f"\nSluice benchmark, {meta['when']}, git {meta['git']}, pinning: {pins[0]}, {args.repeats} repeat(s)\n")
-    print(table(summary, TARGETS, args.repeats, "target"))
-    if not args.no_calibrate:
-        print("\nCalibration: PERF-NOTES.md's reference proxy measured in the same repeats, on the same CPU.")
-        print("'adjusted' = the gateway's figure times (reference box ÷ this box) for the reference proxy.\n")
-        print(table(summary, CALIBRATION, args.repeats, "PERF-NOTES / target"))
-    errors = max(summary.get(k, {}).get("max", 0) for k in ("wrk_errors", "wrk_errors_direct", "ref_wrk_errors"))
-    if errors:
-        print(f"\nwarning: wrk counted {errors:.0f} errors (non-2xx, timeouts or socket errors) in a run")
-    print(f"\nfake upstream RSS (MiB) at start and after each repeat: {', '.join(f'{x:.1f}' for x in upstream_rss)}")
+        return cache.cache_only(args, meta, parts.cache_repeats, upstream_rss, started)
     meta["upstream_rss_mib"] = upstream_rss
-    result: dict[str, Any] = {"meta": meta, "summary": summary, "repeats": repeats}
-    if cache_repeats:
-        result["cache"] = cache.report(cache_repeats, args, meta)
+    return report(args, meta, parts, started)
+
+
+class Parts:
+    """Which parts of the benchmark this run measures, and what each measured."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        some = not (args.cache_only or args.race_only)
+        self.foundation = some and args.stack != "full"
+        self.full_stack = some and args.stack != "foundation"
+        self.cache = not (args.no_cache or args.race_only)
+        self.race = not (args.no_race or args.cache_only)
+        self.per_repeat = self.foundation or self.full_stack or self.cache
+        self.repeats: list[dict[str, Any]] = []
+        self.stack: list[dict[str, Any]] = []
+        self.cache_repeats: list[dict[str, Any]] = []
+        self.race_result: dict[str, Any] | None = None
+
+
+def report(args: argparse.Namespace, meta: dict[str, Any], parts: Parts, started: float) -> int:
+    """Print every table; write the JSON (a run without the foundation keeps the file's other sections)."""
+    result: dict[str, Any] = {}
+    missed: list[str] = []
+    errors = 0.0
+    print(
+        f"\nSluice benchmark, {meta['when']}, git {meta['git']}, pinning: {meta['pinning']}, {args.repeats} repeat(s)"
+    )
+    if parts.foundation:
+        summary = summarise(parts.repeats)
+        print()
+        print(table(summary, TARGETS, args.repeats, "target"))
+        if not args.no_calibrate:
+            print("\nCalibration: PERF-NOTES.md's reference proxy measured in the same repeats, on the same CPU.")
+            print("'adjusted' = the gateway's figure times (reference box ÷ this box) for the reference proxy.\n")
+            print(table(summary, CALIBRATION, args.repeats, "PERF-NOTES / target"))
+        errors = max(summary.get(k, {}).get("max", 0) for k in ("wrk_errors", "wrk_errors_direct", "ref_wrk_errors"))
+        if errors:
+            print(f"\nwarning: wrk counted {errors:.0f} errors (non-2xx, timeouts or socket errors) in a run")
+        result = {"meta": meta, "summary": summary, "repeats": parts.repeats}
+        missed = [key for key, *_ in TARGETS if summary.get(key, {}).get("met") is False]
+    else:  # keep what the file holds; replace only what was measured
+        with contextlib.suppress(OSError, ValueError):
+            result = json.loads(args.output.read_text())
+        result = result if isinstance(result, dict) else {}
+    if parts.stack:
+        result["full_stack"] = stack.report(parts.stack, meta)
+        missed += result["full_stack"]["missed"]
+        errors = max(errors, result["full_stack"]["summary"].get("full_wrk_errors", {}).get("max", 0))
+    if parts.race_result is not None:
+        result["race"] = race.report(parts.race_result, meta)
+    if parts.per_repeat:
+        rss = ", ".join(f"{x:.1f}" for x in meta["upstream_rss_mib"])
+        print(f"\nfake upstream RSS (MiB) at start and after each repeat: {rss}")
+    if parts.cache_repeats:
+        result["cache"] = cache.report(parts.cache_repeats, args, meta)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{time.perf_counter() - started:.0f} s; JSON in {args.output}")
-    missed = [key for key, *_ in TARGETS if summary.get(key, {}).get("met") is False]
-    if result.get("cache", {}).get("invalid"):
+    sections = ", ".join(f'"{k}"' for k in ("full_stack", "race", "cache") if k in result)
+    print(f"\n{time.perf_counter() - started:.0f} s; JSON in {args.output} ({sections or 'no sections'} included)")
+    if parts.cache_repeats and result["cache"].get("invalid"):
         return 1  # hits that were not hits: the cache figures are wrong, whatever --fail-on-miss says
+    if parts.race_result is not None and not parts.race_result["valid"]:
+        return 1  # a race loser left answering, or a check failed: the racing figures do not hold
     return 1 if args.fail_on_miss and (missed or errors) else 0
 
 
