@@ -9,6 +9,7 @@ so the rest of the gateway trusts what it is handed:
 - every catalog provider is present, keyed from its usual variable unless the config says
   otherwise; custom providers need a ``base_url``;
 - route targets, judges and price keys are "provider/model" with a known provider.
+- a price row for a model with no built-in price (``proxy/prices.toml``) sets input and output.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from proxy.config_schema import (
     ServerConfig,
     TimeoutsConfig,
 )
+from proxy.pricing import PriceTable
 from proxy.providers import CATALOG, ProviderSpec
 
 __all__ = [
@@ -108,9 +110,21 @@ def _compile(data: Mapping[str, object], path: str | None, env: Mapping[str, str
         retry=_retry(root.table("retry")),
         providers=MappingProxyType(providers),
         routes=MappingProxyType(read_routes(root.table("routes"), providers)),
-        prices=MappingProxyType(read_prices(root.table("prices"), providers)),
+        prices=MappingProxyType(_prices(root.table("prices"), providers)),
         ledger=_ledger(root.table("ledger")),
     )
+
+
+def _prices(t: Table, providers: Mapping[str, ProviderConfig]) -> dict[str, Price]:
+    prices = read_prices(t, providers)
+    for key, price in prices.items():
+        # An override fills in only what it sets; a model with no built-in row has nothing to
+        # fill from, so a missing input or output would price its calls wrongly.
+        if key not in PriceTable.builtin():
+            for name in ("input", "output"):
+                if getattr(price, name) is None:
+                    raise t.error(f"required: {key!r} has no built-in price to take it from", key, name)
+    return prices
 
 
 def _server(t: Table) -> ServerConfig:
