@@ -19,10 +19,14 @@ from middleware.stores import CacheStore, MemoryCacheStore
 from middleware.stores.state_base import StateStore
 from middleware.stores.state_memory import MemoryStateStore
 from middleware.types import ASGIApp, Receive, Scope, Send
-from proxy import endpoints
+from proxy import endpoints, views
 from proxy.config import Config, load_config
 from proxy.forwarder import Forwarder, ForwarderOptions
+from proxy.ledger import open_ledger
+from proxy.ledger_middleware import LedgerMiddleware
 from proxy.lifespan import Upstream, make_lifespan
+from proxy.metrics import Metrics
+from proxy.pricing import PriceTable
 from proxy.routing import Router, RoutingMiddleware
 from proxy.scrub import Scrubber
 
@@ -34,6 +38,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
 
     The stack, outermost first:
         ErrorMiddleware    request id, X-Sluice-Cache, every failure in the contract's shape
+        LedgerMiddleware   every /v1/ call timed, priced, recorded (cache hits and failures too)
         AuthMiddleware     gateway key -> tenant, or pass-through identity
         Endpoints          /healthz /readyz /v1/models, else /v1/... into the gateway below
         CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
@@ -58,16 +63,33 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
     gateway: ASGIApp = RaceMiddleware(FallbackMiddleware(BackoffMiddleware(forwarder, health), health=health))
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)
     gateway = CacheMiddleware(gateway, store, cache_options(config))
+    ledger = open_ledger(
+        config.ledger.path,
+        config.redis.url if config.redis else None,
+        op_timeout_s=config.redis.op_timeout_ms / 1000 if config.redis else 0.05,
+        store_text=config.ledger.store_text,
+    )
+    metrics = Metrics()
     app: ASGIApp = Endpoints(
         {
             ("GET", "/healthz"): endpoints.healthz,
             ("GET", "/readyz"): endpoints.readyz(lambda: "not configured" if config.redis is None else store.state()),
             ("GET", "/v1/models"): endpoints.models(router),
+            ("GET", "/sluice/calls"): views.calls_view(ledger, store_text=config.ledger.store_text),
+            ("GET", "/sluice/usage"): views.usage_view(ledger),
+            ("GET", "/metrics"): views.metrics_view(metrics),
         },
         gateway=gateway,
-        lifespan=make_lifespan(upstream, tune_gc=tune_gc, closing=(store.aclose, health.store.aclose)),
+        lifespan=make_lifespan(
+            upstream,
+            tune_gc=tune_gc,
+            opening=(ledger.start,),
+            closing=(store.aclose, health.store.aclose, ledger.aclose),
+        ),
     )
     app = AuthMiddleware(app, auth_options(config))
+    prices = PriceTable.builtin().with_overrides(config.prices)
+    app = LedgerMiddleware(app, ledger, prices, metrics=metrics, store_text=config.ledger.store_text)
     return ErrorMiddleware(app, scrub=scrubber)
 
 

@@ -1,8 +1,9 @@
-"""The `sluice` command: serve, demo, check-config (SPEC §2)."""
+"""The `sluice` command: serve, demo, check-config, usage (SPEC §2)."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -11,9 +12,11 @@ from typing import Any
 
 import uvicorn
 
+from middleware.errors import SluiceError
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy.app import build_app
 from proxy.config import ConfigError, describe, load_config
+from proxy.ledger.base import check_dimensions
 
 # Hands the config path to worker processes, which import the app afresh.
 _CONFIG_PATH_VAR = "SLUICE_CONFIG_PATH"
@@ -49,7 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config and print the resolved routes")
     check.add_argument("--config", help="TOML config file (default: ./sluice.toml when present)")
     check.set_defaults(run=_check_config)
+
+    usage = commands.add_parser("usage", help="the cost table from the ledger the config names")
+    usage.add_argument("--config", help="TOML config file (default: ./sluice.toml when present)")
+    usage.add_argument("--since", default="24h", help="a window like 24h, 7d, 30m, or a date (default 24h)")
+    usage.add_argument("--by", default="provider,model", help="comma list of provider, model, key, route, day")
+    usage.set_defaults(run=_usage)
     return parser
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from proxy.usage_table import render, usage_rows  # the ledger's modules, only for this command
+
+    config = load_config(_config_path(args.config))
+    by = [d.strip() for d in args.by.split(",") if d.strip()]
+    try:
+        check_dimensions(by)
+        rows = usage_rows(config, args.since, by)
+    except (ValueError, SluiceError) as exc:
+        print(f"sluice usage: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    print(render(rows, by))
+    return 0
 
 
 def _config_path(given: str | None) -> str | None:
@@ -96,7 +120,21 @@ def _uvicorn_options(host: str, port: int) -> dict[str, Any]:
         "proxy_headers": False,  # nothing reads the client address; saves ~2% CPU per request
         "lifespan": "on",
         "timeout_graceful_shutdown": 30,
+        "log_config": log_config(),
     }
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus one JSON line per call on stdout (`sluice.access`, SPEC §11)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["sluice_json"] = {"format": "%(message)s"}
+    config["handlers"]["sluice_access"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "sluice_json",
+        "stream": "ext://sys.stdout",
+    }
+    config["loggers"]["sluice.access"] = {"handlers": ["sluice_access"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from typing import Any
 
 _MAGIC = b"SLC1"
 
@@ -19,6 +20,9 @@ class Entry:
     content_type: str
     stored_at: float  # wall clock (time.time()), so Age is right across replicas
     body: bytes
+    # The answer's token usage, for the cost a hit saves; kept apart from the body because a
+    # stream's usage event may have been removed before the client (and the store) saw it.
+    usage: dict[str, Any] | None = None
 
 
 def encode(entry: Entry) -> bytes:
@@ -30,6 +34,7 @@ def encode(entry: Entry) -> bytes:
             "model": entry.model,
             "content_type": entry.content_type,
             "stored_at": entry.stored_at,
+            "usage": entry.usage,
         },
         separators=(",", ":"),
     ).encode()
@@ -65,6 +70,7 @@ def _decode(data: bytes) -> Entry | None:
             content_type=str(header["content_type"]),
             stored_at=float(header["stored_at"]),
             body=data[8 + size :],
+            usage=usage if isinstance(usage := header.get("usage"), dict) else None,
         )
     except (ValueError, KeyError, TypeError):
         return None

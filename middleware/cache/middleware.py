@@ -99,6 +99,7 @@ class CacheMiddleware:
         if entry is None or entry.tenant != call.tenant:
             return False
         call.cache_status = HIT
+        call.usage = entry.usage
         age = max(0, int(self.options.clock() - entry.stored_at))
         headers = [
             (b"content-type", entry.content_type.encode("latin-1")),
@@ -127,6 +128,7 @@ class CacheMiddleware:
             content_type=recorder.content_type,
             stored_at=self.options.clock(),
             body=recorder.body,
+            usage=call.usage,
         )
         await self.store.set(key, encode(entry), asked.ttl_s)
 

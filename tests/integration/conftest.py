@@ -62,6 +62,8 @@ def gateway_factory(tmp_path, fake_server) -> Iterator[Callable[..., Live]]:
             {timeouts or "connect_s = 2"}
             """
         ) + textwrap.dedent(extra)
+        if "[ledger]" not in text:
+            text += f'\n[ledger]\npath = "{tmp_path}/sluice-{len(stops)}.db"\n'  # each gateway its own ledger
         path = tmp_path / f"sluice-{len(stops)}.toml"
         path.write_text(text)
         context = serve(build_app(load_config(path, env={})))

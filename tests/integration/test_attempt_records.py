@@ -47,6 +47,8 @@ def gateway(tmp_path, fake_server):
                 [providers.dead]
                 base_url = "http://127.0.0.1:{free_port()}/v1"
                 api_key = "sk-test-key-111111111111"
+                [ledger]
+                path = "{tmp_path}/sluice.db"
                 [timeouts]
                 first_byte_s = 0.3
                 [routes.chain]

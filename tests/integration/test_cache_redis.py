@@ -40,7 +40,7 @@ def test_entries_live_in_redis_under_versioned_keys(gateway_factory, redis_serve
     second, _ = post(live.url)
     assert (first.headers["x-sluice-cache"], second.headers["x-sluice-cache"]) == ("MISS", "HIT")
     client = redis.Redis(port=redis_server.port)
-    keys = client.keys(b"*")
+    keys = client.keys(b"sluice:v1:cache:*")  # the ledger keeps its own keys beside the cache
     assert len(keys) == 1
     assert keys[0].startswith(b"sluice:v1:cache:anon:")
     assert 0 < client.pttl(keys[0]) <= 3600_000
@@ -51,7 +51,7 @@ def test_no_store_writes_nothing_to_redis(gateway_factory, redis_server):
     live = gateway_factory(redis_toml(redis_server.url))
     response, _ = post(live.url, headers={**ON, "cache-control": "no-store"})
     assert response.headers["x-sluice-cache"] == "BYPASS"
-    assert redis.Redis(port=redis_server.port).keys(b"*") == []
+    assert redis.Redis(port=redis_server.port).keys(b"sluice:v1:cache:*") == []
 
 
 async def _burst(urls: list[str], n: int) -> list[httpx.Response]:

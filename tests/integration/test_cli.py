@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -33,7 +34,7 @@ def sluice(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 @pytest.fixture
-def running() -> Iterator:
+def running(tmp_path) -> Iterator:
     processes = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[str]]:
@@ -44,6 +45,7 @@ def running() -> Iterator:
             stderr=subprocess.STDOUT,
             text=True,
             env=env or os.environ.copy(),
+            cwd=tmp_path,  # its ledger, ./sluice.db, lands here
         )
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
@@ -81,6 +83,8 @@ def test_demo_answers_its_own_printed_snippets(running):
     curls = [line.strip() for line in output.splitlines() if line.strip().startswith("curl ")]
     assert len(curls) >= 2
     assert "openai" in output
+    calls = [json.loads(line) for line in output.splitlines() if line.startswith('{"ts"')]
+    assert [(c["model"], c["status"]) for c in calls] == [("echo", 200), ("echo", 200)]  # one JSON line per call
 
 
 def test_demo_printed_curl_works_verbatim(running):
