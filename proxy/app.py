@@ -20,6 +20,7 @@ from middleware.stores.state_base import StateStore
 from middleware.stores.state_memory import MemoryStateStore
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy import endpoints, views
+from proxy.access_log import AccessLog
 from proxy.config import Config, load_config
 from proxy.forwarder import Forwarder, ForwarderOptions
 from proxy.ledger import open_ledger
@@ -70,6 +71,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         store_text=config.ledger.store_text,
     )
     metrics = Metrics()
+    access_log = AccessLog()
     app: ASGIApp = Endpoints(
         {
             ("GET", "/healthz"): endpoints.healthz,
@@ -84,12 +86,14 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
             upstream,
             tune_gc=tune_gc,
             opening=(ledger.start,),
-            closing=(store.aclose, health.store.aclose, ledger.aclose),
+            closing=(store.aclose, health.store.aclose, access_log.aclose, ledger.aclose),
         ),
     )
     app = AuthMiddleware(app, auth_options(config))
     prices = PriceTable.builtin().with_overrides(config.prices)
-    app = LedgerMiddleware(app, ledger, prices, metrics=metrics, store_text=config.ledger.store_text)
+    app = LedgerMiddleware(
+        app, ledger, prices, metrics=metrics, access_log=access_log, store_text=config.ledger.store_text
+    )
     return ErrorMiddleware(app, scrub=scrubber)
 
 

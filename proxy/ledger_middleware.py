@@ -3,8 +3,8 @@
 It sits just inside the error boundary (DESIGN), so it sees every call to
 `/v1/`: answered, failed, served from the cache. For each it builds one
 `CallRecord` (with a row per upstream try) and hands it to the ledger, which
-queues it (the hot path never waits on disk or Redis), writes one JSON log
-line, and feeds the metrics.
+queues it (the hot path never waits on disk or Redis), queues one JSON log
+line (`proxy.access_log`), and feeds the metrics.
 
 Cost comes only from reported usage: a non-stream answer's `usage` (read from
 the body, which is held until its end so `X-Sluice-Cost-USD` can go on its
@@ -16,8 +16,6 @@ usage is `null` (unpriced), never 0.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import time
 from decimal import Decimal
 from typing import Any
@@ -26,13 +24,12 @@ from middleware.call import Call
 from middleware.errors import SluiceError
 from middleware.headers import SLUICE_COST, SLUICE_MODEL, SLUICE_PROVIDER, SLUICE_VARIANT
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
+from proxy.access_log import AccessLog
 from proxy.ledger.base import Ledger
 from proxy.ledger.record import AttemptRow, CallRecord
 from proxy.metrics import Metrics
 from proxy.pricing import PriceTable, cost, format_usd
 from proxy.usage import usage_in_json
-
-access_log = logging.getLogger("sluice.access")
 
 MAX_HELD_BODY = 4 * 1024 * 1024  # a non-stream body held for its cost header; longer ones go out without it
 CLIENT_CLOSED = 499  # nginx's code for "the client went away first"
@@ -48,12 +45,14 @@ class LedgerMiddleware:
         prices: PriceTable,
         *,
         metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
         store_text: bool = False,
     ) -> None:
         self.app = app
         self.ledger = ledger
         self.prices = prices
         self.metrics = metrics
+        self.access_log = access_log or AccessLog()
         self.store_text = store_text
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,7 +78,7 @@ class LedgerMiddleware:
         finally:
             record = self._record(call, watch, ts, status, error)
             self.ledger.record(record)
-            _log(record)
+            self.access_log.write(record)
             if self.metrics is not None:
                 self.metrics.observe(record)
 
@@ -248,25 +247,3 @@ def _fill_tokens(record: CallRecord, usage: dict[str, Any] | None) -> None:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _log(record: CallRecord) -> None:
-    """One JSON line per call (SPEC §11): ids, who served, outcome, timings, cost. Never a key or text."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    line = {
-        "ts": round(record.ts, 3),
-        "request_id": record.request_id,
-        "key_id": record.key_id,
-        "route": record.route,
-        "provider": record.provider,
-        "model": record.model,
-        "status": record.status,
-        "cache": record.cache_status,
-        "attempts": record.attempts,
-        "latency_ms": round(record.latency_ms, 2),
-        "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 2),
-        "cost_usd": None if record.cost_usd is None else format_usd(record.cost_usd),
-        "error": record.error,
-    }
-    access_log.info(json.dumps(line, separators=(",", ":")))

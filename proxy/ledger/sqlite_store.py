@@ -48,13 +48,12 @@ CREATE TABLE calls (
 );
 CREATE INDEX calls_ts ON calls (ts);
 CREATE INDEX calls_request_id ON calls (request_id);
-CREATE INDEX calls_key_id ON calls (key_id);
 CREATE TABLE attempts (
     call_id INTEGER NOT NULL, request_id TEXT NOT NULL, n INTEGER NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER, outcome TEXT NOT NULL, error TEXT,
-    first_byte_ms REAL, duration_ms REAL, possibly_billed INTEGER NOT NULL
-);
-CREATE INDEX attempts_call_id ON attempts (call_id);
+    first_byte_ms REAL, duration_ms REAL, possibly_billed INTEGER NOT NULL,
+    PRIMARY KEY (call_id, n)
+) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 

@@ -192,12 +192,19 @@ def test_metrics_count_calls_cost_and_fallbacks(gateway_factory):
     assert "sluice_request_duration_seconds_bucket{" in text
 
 
+def access_lines(caplog) -> list[str]:
+    """The call lines logged so far (the gateway hands them to logging in batches)."""
+    return [x for r in caplog.records if r.name == "sluice.access" for x in r.getMessage().splitlines()]
+
+
 def test_one_json_log_line_per_call_without_keys(gateway_factory, caplog):
     live = gateway_factory(AUTH + PRICED)
     with caplog.at_level(logging.INFO, logger="sluice.access"):
         chat(live, headers={"authorization": "Bearer gk-team-a-secret"})
-        assert wait_until(lambda: any(r.name == "sluice.access" for r in caplog.records))
-    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sluice.access"]
+        chat(live, headers={"authorization": "Bearer gk-wrong"})  # refused before routing: logged all the same
+        assert wait_until(lambda: len(access_lines(caplog)) >= 2)
+    line, refused = [json.loads(x) for x in access_lines(caplog)]
+    assert (refused["status"], refused["key_id"], refused["provider"]) == (401, None, None)
     assert (line["key_id"], line["provider"], line["status"], line["cache"], line["attempts"]) == (
         "team-a",
         "fake",
