@@ -152,12 +152,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def demo_config_text(provider_url: str) -> str:
-    """The demo's config: one custom provider, the fake, served by the same process."""
+    """The demo's config: one custom provider, the fake, served by the same process, with made-up prices."""
     return f"""
 [providers.demo]
 base_url = "{provider_url}"
 models = ["echo"]
 stream_options = true
+
+[routes.fast]                     # its first target always answers 503: calls fall back
+targets = ["demo/503", "demo/echo"]
+
+[prices."demo/echo"]              # made up, so the demo's calls have a cost to show
+input = 0.15
+output = 0.60
 """
 
 
@@ -165,6 +172,7 @@ def demo_banner(base: str) -> str:
     """What `sluice demo` prints: ready-to-paste calls."""
     body = '{"model": "demo/echo", "messages": [{"role": "user", "content": "Hello"}]}'
     stream_body = body[:-1] + ', "stream": true}'
+    fast_body = body.replace("demo/echo", "fast")
     return f"""Sluice demo: the gateway on {base}, a fake provider behind it (no keys, no network).
 
 A completion:
@@ -176,6 +184,14 @@ A stream:
 A cache hit (run it twice: MISS, then HIT):
   curl -si {base}/v1/chat/completions -H 'content-type: application/json' -H 'x-sluice-cache: on' \\
     -d '{body}' | grep -i '^x-sluice-cache'
+
+A fallback (route "fast": its first target answers 503, the second serves; after 5 such
+failures in a row the first is ejected for a while and X-Sluice-Attempts drops to 1):
+  curl -si {base}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{fast_body}' | grep -i '^x-sluice-\\(model\\|attempts\\|cost\\)'
+
+What it all cost, per provider and model:
+  curl -s '{base}/sluice/usage?since=1h&by=provider,model'
 
 With the openai SDK:
   from openai import OpenAI

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.conftest import wait_until
 from tests.servers import _bind
 
 CANARY = "sk-canary-cli-9d8e7f6a5b4c"
@@ -101,6 +102,19 @@ def test_demo_printed_curl_works_verbatim(running):
     cache_snippet = (banner_lines[start] + banner_lines[start + 1]).replace("\\\n", " ").replace("8080", port)
     runs = [subprocess.run(["bash", "-c", cache_snippet], capture_output=True, text=True, timeout=10) for _ in "ab"]
     assert [r.stdout.strip().lower() for r in runs] == ["x-sluice-cache: miss", "x-sluice-cache: hit"]
+    start = next(i for i, line in enumerate(banner_lines) if '"model": "fast"' in line) - 1
+    fallback_snippet = (banner_lines[start] + banner_lines[start + 1]).replace("\\\n", " ").replace("8080", port)
+    shown = subprocess.run(["bash", "-c", fallback_snippet], capture_output=True, text=True, timeout=10).stdout.lower()
+    assert "x-sluice-model: echo" in shown
+    assert "x-sluice-attempts: 2" in shown
+    assert "x-sluice-cost-usd: 0.0000" in shown
+    usage_curl = next(line for line in banner_lines if "/sluice/usage" in line).strip().replace("8080", port)
+
+    def calls_recorded() -> int:  # the ledger writes in the background: a few ms behind
+        out = subprocess.run(shlex.split(usage_curl), capture_output=True, text=True, timeout=10).stdout
+        return int(json.loads(out)["totals"]["calls"])
+
+    assert wait_until(lambda: calls_recorded() >= 4, timeout=3)
 
 
 def test_check_config_prints_routes_with_keys_masked(tmp_path):
