@@ -1,9 +1,10 @@
 """The per-call object every layer shares, kept at scope["sluice.call"] (DESIGN "The per-call object").
 
 One writer per field: the error boundary makes the Call and its request id,
-auth writes the tenant, routing writes the route, strategies write the
-target (and how many alternatives are left), the forwarder writes one
-`AttemptRecord` per upstream try and the response facts.
+auth writes the tenant, routing writes the route, the budget layer the
+reservation, strategies write the target (and how many alternatives are
+left), the forwarder writes one `AttemptRecord` per upstream try and the
+response facts.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class Call:
     cost_usd: float | None = None
     error: str | None = None
     client_gone: bool = False
+    # What the budget layer holds against the key's budget (a `proxy.budgets.Reservation`),
+    # for LedgerMiddleware to settle; racers' forks share it but only the call is settled.
+    reservation: Any = None
     started_at: float = field(default_factory=time.perf_counter)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 

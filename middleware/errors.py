@@ -13,6 +13,7 @@ Exception tree::
         ├── UpstreamTimeout          504: a deadline passed before the answer started
         ├── UpstreamConnectError     502: connection refused, reset, DNS, TLS
         ├── RateLimited              429: every target rate-limited
+        │   └── BudgetExceeded       429: the gateway key's budget for the period is spent
         └── TargetUnavailable        502: the target may not be tried (cooling down, no key)
 
 Messages are written for the client and must never hold a provider key: they
@@ -116,6 +117,15 @@ class RateLimited(UpstreamError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class BudgetExceeded(RateLimited):
+    """429: the call does not fit in what is left of its gateway key's budget (SPEC §10).
+
+    A RateLimited, so clients and SDKs treat it as one; Retry-After says when the budget resets.
+    """
+
+    code = "budget_exceeded"
 
 
 class TargetUnavailable(UpstreamError):

@@ -21,6 +21,8 @@ from middleware.stores.state_memory import MemoryStateStore
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy import endpoints, views
 from proxy.access_log import AccessLog
+from proxy.budget_store import BudgetStore, MemoryBudgetStore
+from proxy.budgets import BudgetMiddleware, Budgets, KeyBudget
 from proxy.config import Config, load_config
 from proxy.forwarder import Forwarder, ForwarderOptions
 from proxy.ledger import open_ledger
@@ -44,6 +46,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         Endpoints          /healthz /readyz /v1/models, else /v1/... into the gateway below
         CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
         RoutingMiddleware  body read once, `model` (+ X-Sluice-Fallback) -> Route
+        BudgetMiddleware   only when some key has a budget: reserve the call's worst case, or 429
         RaceMiddleware     `race` calls: several targets (hedged), the first real answer wins
         FallbackMiddleware the route's targets in order until one commits
         BackoffMiddleware  per try: skip cooling/ejected targets, learn 429 resets, short waits
@@ -61,7 +64,11 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
     )
     store = cache_store(config)
     health = target_health(config)
+    prices = PriceTable.builtin().with_overrides(config.prices)
+    spend = budgets(config)
     gateway: ASGIApp = RaceMiddleware(FallbackMiddleware(BackoffMiddleware(forwarder, health), health=health))
+    if spend is not None:  # absent, not idle, without budgets: nothing on the hot path
+        gateway = BudgetMiddleware(gateway, spend, prices)
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)
     gateway = CacheMiddleware(gateway, store, cache_options(config))
     ledger = open_ledger(
@@ -86,13 +93,24 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
             upstream,
             tune_gc=tune_gc,
             opening=(ledger.start,),
-            closing=(store.aclose, health.store.aclose, access_log.aclose, ledger.aclose),
+            closing=(
+                store.aclose,
+                health.store.aclose,
+                *((spend.aclose,) if spend is not None else ()),
+                access_log.aclose,
+                ledger.aclose,
+            ),
         ),
     )
     app = AuthMiddleware(app, auth_options(config))
-    prices = PriceTable.builtin().with_overrides(config.prices)
     app = LedgerMiddleware(
-        app, ledger, prices, metrics=metrics, access_log=access_log, store_text=config.ledger.store_text
+        app,
+        ledger,
+        prices,
+        metrics=metrics,
+        access_log=access_log,
+        store_text=config.ledger.store_text,
+        budgets=spend,
     )
     return ErrorMiddleware(app, scrub=scrubber)
 
@@ -119,6 +137,26 @@ def target_health(config: Config) -> TargetHealth:
         store = RedisStateStore.from_url(config.redis.url, op_timeout_s=config.redis.op_timeout_ms / 1000)
     budget = RetryBudget(ratio=config.retry.budget_ratio)
     return TargetHealth(store, budget=budget, max_wait_s=config.retry.max_wait_s)
+
+
+def budgets(config: Config) -> Budgets | None:
+    """The keys' budgets, spend in memory or (with [redis]) shared in Redis; None when no key has one."""
+    keys = config.auth.keys if config.auth is not None else ()
+    limits = {
+        k.id: KeyBudget.of(k.budget_usd, k.budget_period)
+        for k in keys
+        if k.budget_usd is not None and k.budget_period is not None
+    }
+    if not limits:
+        return None
+    store: BudgetStore
+    if config.redis is None:
+        store = MemoryBudgetStore()
+    else:
+        from proxy.budget_redis import RedisBudgetStore  # only with [redis]: redis-py is heavy to import
+
+        store = RedisBudgetStore.from_url(config.redis.url, op_timeout_s=config.redis.op_timeout_ms / 1000)
+    return Budgets(limits, store)
 
 
 def cache_options(config: Config) -> CacheOptions:

@@ -11,6 +11,9 @@ the body, which is held until its end so `X-Sluice-Cost-USD` can go on its
 headers), a stream's usage event (read by the relay, see `proxy.usage`). A
 cache hit costs 0 and records what it saved. An unknown price or a missing
 usage is `null` (unpriced), never 0.
+
+With budgets, the call's reservation (made by `proxy.budgets.BudgetMiddleware`)
+is settled here with the recorded cost, however the call ended.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from middleware.errors import SluiceError
 from middleware.headers import SLUICE_COST, SLUICE_MODEL, SLUICE_PROVIDER, SLUICE_VARIANT
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.access_log import AccessLog
+from proxy.budgets import Budgets
 from proxy.ledger.base import Ledger
 from proxy.ledger.record import AttemptRow, CallRecord
 from proxy.metrics import Metrics
@@ -47,6 +51,7 @@ class LedgerMiddleware:
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
         store_text: bool = False,
+        budgets: Budgets | None = None,
     ) -> None:
         self.app = app
         self.ledger = ledger
@@ -54,6 +59,7 @@ class LedgerMiddleware:
         self.metrics = metrics
         self.access_log = access_log or AccessLog()
         self.store_text = store_text
+        self.budgets = budgets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -81,6 +87,11 @@ class LedgerMiddleware:
             self.access_log.write(record)
             if self.metrics is not None:
                 self.metrics.observe(record)
+            # Last: the record is already queued should this await be interrupted (then the
+            # reservation stays counted as spent, the safe side).
+            if self.budgets is not None and call.reservation is not None:
+                reservation, call.reservation = call.reservation, None
+                await self.budgets.settle(reservation, record)
 
     def _record(self, call: Call, watch: _Watch, ts: float, status: int | None, error: str | None) -> CallRecord:
         if call.client_gone:
