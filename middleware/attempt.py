@@ -115,7 +115,10 @@ class Attempt:
             return True
         if first_chunk.startswith(b":"):  # keep-alive comments before the first event
             first_chunk = b"\n".join(x for x in first_chunk.splitlines() if x and not x.startswith(b":"))
-        # A 200 stream whose first event is an error: nothing useful was sent yet.
+        # A 200 stream whose first event is an error: nothing useful was sent yet
+        # (OpenAI's `data: {"error": ...}`, or Anthropic's `event: error`).
+        if first_chunk.startswith(b"event:"):
+            return first_chunk[6:].lstrip().startswith(b"error")
         return first_chunk.startswith(b"data:") and first_chunk[5:].lstrip().startswith(b'{"error"')
 
     def _keep(self, chunk: bytes, *, more: bool) -> None:

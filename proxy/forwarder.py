@@ -68,14 +68,15 @@ class Forwarder:
         body = await call.read_body(scope, receive, self.options.max_body_bytes)
         rejecting = self.rejects_stream_options
         data = call.json()
-        options_sent = stream_options.sent(data, target, rejecting)
-        strip = stream_options.injected(data, target, rejecting)
-        payload = upstream_body(call, target, body, rejecting)
+        path = scope["path"]
+        options_sent = stream_options.sent(data, target, rejecting, path)
+        strip = stream_options.injected(data, target, rejecting, path)
+        payload = upstream_body(call, target, body, rejecting, path)
         if await self._try(scope, receive, send, payload, options_sent=options_sent, strip_usage=strip):
             # Learned once per provider, so its later calls skip the failing try; the
             # retry is a try of its own (X-Sluice-Attempts: 2) and is never retried again.
             rejecting.add(target.provider)
-            payload = upstream_body(call, target, body, rejecting)
+            payload = upstream_body(call, target, body, rejecting, path)
             await self._try(scope, receive, send, payload, options_sent=False, strip_usage=False)
 
     async def _try(

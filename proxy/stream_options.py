@@ -26,9 +26,15 @@ def withheld(target: Target, rejecting: Collection[str]) -> bool:
     return not target.stream_options or target.provider in rejecting
 
 
-def injected(data: dict[str, Any], target: Target, rejecting: Collection[str]) -> bool:
+# Only these APIs take `stream_options`; another path's body is never given one.
+USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def injected(
+    data: dict[str, Any], target: Target, rejecting: Collection[str], path: str = "/v1/chat/completions"
+) -> bool:
     """Whether the gateway adds `include_usage` for `target`: a stream whose client did not ask for usage."""
-    if data.get("stream") is not True or withheld(target, rejecting):
+    if path not in USAGE_PATHS or data.get("stream") is not True or withheld(target, rejecting):
         return False
     options = data.get(FIELD)
     return not (isinstance(options, dict) and options.get("include_usage") is True)
@@ -40,9 +46,9 @@ def with_usage(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, FIELD: {**(options if isinstance(options, dict) else {}), "include_usage": True}}
 
 
-def sent(data: dict[str, Any], target: Target, rejecting: Collection[str]) -> bool:
+def sent(data: dict[str, Any], target: Target, rejecting: Collection[str], path: str = "/v1/chat/completions") -> bool:
     """Whether the upstream body for `target` carries `stream_options` (the client's, or the gateway's)."""
-    return (FIELD in data or injected(data, target, rejecting)) and not withheld(target, rejecting)
+    return (FIELD in data or injected(data, target, rejecting, path)) and not withheld(target, rejecting)
 
 
 def refused(status: int, body: bytes) -> bool:

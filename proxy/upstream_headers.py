@@ -27,16 +27,33 @@ _NOT_FORWARDED_PREFIXES = (b"x-forwarded-", b"x-sluice-")
 _NOT_RELAYED = HOP_BY_HOP | {b"date", b"server", b"set-cookie"}
 
 
+ANTHROPIC = "anthropic"
+ANTHROPIC_VERSION = "2023-06-01"  # sent when the client did not say which version it speaks
+
+
+def native_messages(scope: Scope, target: Target) -> bool:
+    """A `/v1/messages` call going to Anthropic itself, as sent (not translated) (SPEC §4)."""
+    return target.provider == ANTHROPIC and scope["path"].startswith("/v1/messages")
+
+
 def upstream_headers(scope: Scope, call: Call, target: Target) -> list[tuple[str, str]]:
-    """The headers to send to `target`: the client's, filtered, plus auth, identity encoding and the request id."""
+    """The headers to send to `target`: the client's, filtered, plus auth, identity encoding and the request id.
+
+    `anthropic-*` headers (version, beta flags) go only to Anthropic's own Messages API.
+    """
+    native = native_messages(scope, target)
     headers = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in scope["headers"]
-        if name not in _NOT_FORWARDED and not name.startswith(_NOT_FORWARDED_PREFIXES)
+        if name not in _NOT_FORWARDED
+        and not name.startswith(_NOT_FORWARDED_PREFIXES)
+        and (native or not name.startswith(b"anthropic-"))
     ]
+    if native and not any(name == "anthropic-version" for name, _ in headers):
+        headers.append(("anthropic-version", ANTHROPIC_VERSION))
     key = provider_key(call, target)
     if key is not None:
-        if target.auth_style == "x-api-key":
+        if target.auth_style == "x-api-key" or native:
             headers.append(("x-api-key", key))
         else:
             headers.append(("authorization", f"Bearer {key}"))

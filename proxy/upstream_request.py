@@ -37,7 +37,13 @@ def upstream_url(scope: Scope, target: Target) -> URL:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def upstream_body(call: Call, target: Target, body: bytes, rejecting: Collection[str] = frozenset()) -> bytes:
+def upstream_body(
+    call: Call,
+    target: Target,
+    body: bytes,
+    rejecting: Collection[str] = frozenset(),
+    path: str = "/v1/chat/completions",
+) -> bytes:
     """The body for `target`: its own model id, `stream_options` only where the provider takes it.
 
     `rejecting` names the providers learned to refuse the field (see `proxy.stream_options`).
@@ -46,7 +52,7 @@ def upstream_body(call: Call, target: Target, body: bytes, rejecting: Collection
     """
     data = call.json()
     drop = stream_options.FIELD in data and stream_options.withheld(target, rejecting)
-    inject = stream_options.injected(data, target, rejecting)
+    inject = stream_options.injected(data, target, rejecting, path)
     if data.get("model") == target.model and not drop and not inject:
         return body
     data = {**data, "model": target.model}

@@ -79,7 +79,9 @@ class StreamUsage:
         for index, event in enumerate(parts):
             separator = separators[index] if index < len(separators) else b""
             if _USAGE in event and (usage := usage_in_json(event)) is not None:
-                self.usage = usage
+                # Merged, not replaced: Anthropic reports input tokens in message_start
+                # and output tokens in message_delta; OpenAI sends one usage object.
+                self.usage = usage if self.usage is None else {**self.usage, **usage}
                 if self.strip and _EMPTY_CHOICES.search(event):
                     continue  # the event the gateway asked for, not the client
             kept.append(event + separator)

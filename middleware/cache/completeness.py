@@ -1,8 +1,11 @@
 """Whether a recorded answer is whole enough to store (SPEC §7; RELIABILITY #4).
 
-A stream is complete only when it ended with `data: [DONE]`, carried no error
-event, every choice it mentioned got a `finish_reason`, and — when the client
-asked for usage — a usage chunk arrived. `[DONE]` alone is not enough.
+A chat stream is complete only when it ended with `data: [DONE]`, carried no
+error event, every choice it mentioned got a `finish_reason`, and — when the
+client asked for usage — a usage chunk arrived. `[DONE]` alone is not enough.
+An Anthropic Messages stream (`/v1/messages`) is complete when its last event
+is `message_stop`, after a `message_delta` with a `stop_reason`, and no
+`error` event came.
 """
 
 from __future__ import annotations
@@ -34,6 +37,24 @@ def stream_is_complete(body: bytes, *, usage_expected: bool) -> bool:
                 index = choice.get("index", 0)
                 finished[index] = finished.get(index, False) or choice.get("finish_reason") is not None
     return done and bool(finished) and all(finished.values()) and (saw_usage or not usage_expected)
+
+
+def messages_stream_is_complete(body: bytes) -> bool:
+    """True for an Anthropic Messages SSE stream that finished cleanly."""
+    types: list[str] = []
+    stopped = False
+    for data in _data_fields(body):
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return False
+        if not isinstance(event, dict) or event.get("type") == "error":
+            return False
+        types.append(str(event.get("type")))
+        delta = event.get("delta")
+        if event.get("type") == "message_delta" and isinstance(delta, dict) and delta.get("stop_reason"):
+            stopped = True
+    return bool(types) and types[-1] == "message_stop" and stopped
 
 
 def _data_fields(body: bytes) -> list[str]:

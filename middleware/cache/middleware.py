@@ -118,7 +118,8 @@ class CacheMiddleware:
     ) -> None:
         recorder = Recorder(send, self.options.max_entry_bytes)
         await self.app(scope, receive, recorder.send)
-        if not recorder.storable(call, usage_expected=usage_requested(call.json())):
+        messages = scope["path"].startswith("/v1/messages")
+        if not recorder.storable(call, usage_expected=usage_requested(call.json()), messages=messages):
             return
         target = call.target
         entry = Entry(

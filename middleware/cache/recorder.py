@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from middleware.cache.completeness import stream_is_complete
+from middleware.cache.completeness import messages_stream_is_complete, stream_is_complete
 from middleware.call import Call
 from middleware.types import Message, Send
 
@@ -45,12 +45,14 @@ class Recorder:
         """Every byte sent, when it fit the bound."""
         return b"".join(self._chunks)
 
-    def storable(self, call: Call, *, usage_expected: bool) -> bool:
+    def storable(self, call: Call, *, usage_expected: bool, messages: bool = False) -> bool:
         """A complete 200, no cookie, within the bound, nothing failed, the client still there."""
         if not self.complete or self.status != 200 or self._cookie or self._size > self._max_bytes:
             return False
         if call.error is not None or call.client_gone:
             return False
         if self.content_type.split(";")[0].strip() == EVENT_STREAM:
+            if messages:  # an Anthropic Messages stream (/v1/messages)
+                return messages_stream_is_complete(self.body)
             return stream_is_complete(self.body, usage_expected=usage_expected)
         return True
