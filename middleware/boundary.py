@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Callable
 
 from middleware.call import Call
-from middleware.errors import SluiceError, send_error
+from middleware.errors import SluiceError, anthropic_error_body, send_error
 from middleware.headers import REQUEST_ID, SLUICE_ATTEMPTS, SLUICE_CACHE, new_request_id, request_id
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +16,9 @@ logger = logging.getLogger("sluice")
 
 def _no_scrub(text: str) -> str:
     return text
+
+
+MESSAGES_PATH = "/v1/messages"  # the Anthropic-shaped API: its errors are Anthropic-shaped too
 
 
 class ErrorMiddleware:
@@ -62,10 +65,14 @@ class ErrorMiddleware:
                 raise
             if call.route is not None:  # a routed call says how many upstream tries it made, even 0
                 exc.headers = [*exc.headers, (SLUICE_ATTEMPTS, str(call.attempts).encode())]
-            await send_error(send_with_call_headers, exc)
+            # The Anthropic Messages API gets errors in its own shape (SPEC §6).
+            anthropic = scope["path"].startswith(MESSAGES_PATH)
+            await send_error(send_with_call_headers, exc, body=anthropic_error_body(exc) if anthropic else None)
         except Exception:
             logger.error("unhandled error in request %s: %s", call.request_id, self.scrub(traceback.format_exc()))
             if started:
                 raise
             call.error = "internal error"
-            await send_error(send_with_call_headers, SluiceError("internal error in the gateway"))
+            error = SluiceError("internal error in the gateway")
+            anthropic = scope["path"].startswith(MESSAGES_PATH)
+            await send_error(send_with_call_headers, error, body=anthropic_error_body(error) if anthropic else None)

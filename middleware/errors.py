@@ -140,9 +140,28 @@ def error_body(error: SluiceError) -> bytes:
     return json.dumps(payload).encode()
 
 
+# Anthropic's error type for each status (its API's "Errors" page); anything else is an api_error.
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error `type` for an HTTP status."""
+    return ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+
+
 def anthropic_error_body(error: SluiceError) -> bytes:
     """Anthropic's error shape, for /v1/messages: {"type": "error", "error": {"type", "message"}}."""
-    return json.dumps({"type": "error", "error": {"type": error.type, "message": error.message}}).encode()
+    payload = {"type": "error", "error": {"type": anthropic_error_type(error.status), "message": error.message}}
+    return json.dumps(payload).encode()
 
 
 def sse_error_event(error: SluiceError) -> bytes:

@@ -5,7 +5,7 @@ import pytest
 
 from middleware.boundary import ErrorMiddleware
 from middleware.call import Call
-from middleware.errors import UpstreamTimeout
+from middleware.errors import ModelNotFound, RateLimited, Unauthorized, UpstreamTimeout
 
 from .test_auth import Recorder, http_scope, no_body
 
@@ -86,3 +86,23 @@ async def test_error_after_start_is_reraised_so_the_server_drops_the_connection(
 def test_call_of_creates_once_per_scope():
     scope = {}
     assert Call.of(scope) is Call.of(scope)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (UpstreamTimeout("slow"), 504, "api_error"),
+        (RateLimited("all busy"), 429, "rate_limit_error"),
+        (Unauthorized("no key"), 401, "authentication_error"),
+        (ModelNotFound("no such model"), 404, "not_found_error"),
+    ],
+)
+async def test_on_the_messages_api_errors_are_in_anthropics_shape(error, status, kind):
+    async def inner(scope, receive, send):
+        raise error
+
+    sent = Recorder()
+    await ErrorMiddleware(inner)(http_scope("/v1/messages"), no_body, sent)
+    assert sent.status == status
+    assert sent.json == {"type": "error", "error": {"type": kind, "message": error.message}}
