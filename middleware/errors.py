@@ -140,22 +140,32 @@ def error_body(error: SluiceError) -> bytes:
     return json.dumps(payload).encode()
 
 
-# Anthropic's error type for each status (its API's "Errors" page); anything else is an api_error.
+# Anthropic's error type per status (its "Errors" page and the SDK's ErrorType). It documents no
+# 502 or 503: 502 is an api_error, and 503 overloaded_error, since OpenAI-compatible providers use
+# 503 for "overloaded, try later", as Anthropic does 529. Other 4xx: invalid_request_error.
 ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    409: "conflict_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 
 
 def anthropic_error_type(status: int) -> str:
     """Anthropic's error `type` for an HTTP status."""
-    return ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    found = ANTHROPIC_ERROR_TYPES.get(status)
+    if found is not None:
+        return found
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
 def anthropic_error_body(error: SluiceError) -> bytes:

@@ -92,7 +92,7 @@ def test_call_of_creates_once_per_scope():
 @pytest.mark.parametrize(
     ("error", "status", "kind"),
     [
-        (UpstreamTimeout("slow"), 504, "api_error"),
+        (UpstreamTimeout("slow"), 504, "timeout_error"),
         (RateLimited("all busy"), 429, "rate_limit_error"),
         (Unauthorized("no key"), 401, "authentication_error"),
         (ModelNotFound("no such model"), 404, "not_found_error"),
