@@ -9,8 +9,10 @@ response facts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +126,20 @@ class Call:
     def attempts(self) -> int:
         """Upstream tries made so far (the X-Sluice-Attempts value)."""
         return len(self.tries)
+
+    @contextlib.contextmanager
+    def sending(self, body: bytes, data: dict[str, Any]) -> Iterator[None]:
+        """For the block, the body the layers inside see is `body` (parsed: `data`); the client's after.
+
+        A translating layer (Anthropic Messages -> Chat Completions) uses it for one try,
+        so the next try, maybe to a target that takes the client's body as sent, gets it back.
+        """
+        saved = self.body, self._json
+        self.body, self._json = body, data
+        try:
+            yield
+        finally:
+            self.body, self._json = saved
 
     def client_key_for(self, target: Target) -> str | None:
         """The client's own (pass-through) key when `target` may receive it, else None.

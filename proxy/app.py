@@ -21,6 +21,7 @@ from middleware.stores.state_memory import MemoryStateStore
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy import endpoints, views
 from proxy.access_log import AccessLog
+from proxy.anthropic.messages import MessagesMiddleware
 from proxy.budget_store import BudgetStore, MemoryBudgetStore
 from proxy.budgets import BudgetMiddleware, Budgets, KeyBudget
 from proxy.config import Config, load_config
@@ -49,6 +50,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         BudgetMiddleware   only when some key has a budget: reserve the call's worst case, or 429
         RaceMiddleware     `race` calls: several targets (hedged), the first real answer wins
         FallbackMiddleware the route's targets in order until one commits
+        MessagesMiddleware per try: /v1/messages as sent to Anthropic, translated for any other provider
         BackoffMiddleware  per try: skip cooling/ejected targets, learn 429 resets, short waits
         Forwarder          one upstream request, bytes relayed as they arrive
     """
@@ -66,7 +68,9 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
     health = target_health(config)
     prices = PriceTable.builtin().with_overrides(config.prices)
     spend = budgets(config)
-    gateway: ASGIApp = RaceMiddleware(FallbackMiddleware(BackoffMiddleware(forwarder, health), health=health))
+    gateway: ASGIApp = RaceMiddleware(
+        FallbackMiddleware(MessagesMiddleware(BackoffMiddleware(forwarder, health)), health=health)
+    )
     if spend is not None:  # absent, not idle, without budgets: nothing on the hot path
         gateway = BudgetMiddleware(gateway, spend, prices)
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)

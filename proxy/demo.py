@@ -20,6 +20,7 @@ default step answers. Nothing is random: ids are counters and `created` is a con
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import math
@@ -28,6 +29,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.demo_anthropic import COUNT_TOKENS_PATH, MESSAGES_PATH, count_tokens, message_events, message_json
+from proxy.demo_anthropic import error_json as anthropic_error_json
 from proxy.demo_script import (
     CREATED,
     METADATA_URL,
@@ -48,8 +51,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 LOG_BODY_LIMIT = 4096
 DEMO_MODELS = ("echo", "429-ra-1", "503-then-200:1", "quota-429", "slow-ttft-1", "stall-after-2", "cut-after-2")
-_STREAM_PATHS = ("/v1/chat/completions", "/v1/completions")
-_API_PATHS = (*_STREAM_PATHS, "/v1/embeddings", "/v1/responses")
+_STREAM_PATHS = ("/v1/chat/completions", "/v1/completions", MESSAGES_PATH)
+_API_PATHS = (*_STREAM_PATHS, "/v1/embeddings", "/v1/responses", COUNT_TOKENS_PATH)
 
 
 class CutConnection(Exception):
@@ -161,6 +164,15 @@ class FakeProvider:
             await self._reply(rec, rec.json, step, send)
         rec.completed = True
 
+    @staticmethod
+    def _body(path: str, req: dict[str, Any], step: Step, n: int) -> bytes:
+        if path == COUNT_TOKENS_PATH:
+            return json.dumps({"input_tokens": count_tokens(req)}).encode()
+        if path == MESSAGES_PATH:  # Anthropic's own API, in its own shapes
+            return anthropic_error_json(step) if step.status >= 400 else json.dumps(message_json(req, step, n)).encode()
+        payload = step.error_json() if step.status >= 400 else answer_json(path, req, step, n)
+        return json.dumps(payload).encode()
+
     async def _reply(self, rec: RecordedRequest, req: dict[str, Any], step: Step, send: Send) -> None:
         n = next(self._ids)
         headers = [(b"x-request-id", f"req_{n}".encode())]
@@ -171,10 +183,10 @@ class FakeProvider:
             pieces: list[bytes] = []
         elif step.status < 300 and req.get("stream") is True and rec.path in _STREAM_PATHS:
             headers += [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-            pieces, prefix = stream_events(rec.path, req, step, n)
+            events = message_events if rec.path == MESSAGES_PATH else functools.partial(stream_events, rec.path)
+            pieces, prefix = events(req, step, n)
         else:
-            payload = step.error_json() if step.status >= 400 else answer_json(rec.path, req, step, n)
-            body = json.dumps(payload).encode()
+            body = self._body(rec.path, req, step, n)
             if step.invalid_json and step.status < 300:
                 body = body[: len(body) // 2]  # a truncated object is never valid JSON
             headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
