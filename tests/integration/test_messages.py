@@ -201,3 +201,15 @@ def test_tool_definitions_are_translated(gateway):
     ]
     assert sent["tool_choice"] == "required"
     assert json.dumps(sent).count("input_schema") == 0
+
+
+def test_a_race_across_both_shapes_is_won_by_the_first_answer(gateway):
+    live = gateway('[routes.quick]\nstrategy = "race"\ntargets = ["anthropic/slow-ttft-2", "fake/echo"]\n')
+    with client(live).messages.with_streaming_response.create(
+        model="quick", max_tokens=8, messages=MESSAGES, stream=True
+    ) as raw:
+        assert raw.headers["x-sluice-provider"] == "fake"
+        events = [line[7:] for line in raw.iter_lines() if line.startswith("event: ")]
+    assert events[0] == "message_start"
+    assert events[-1] == "message_stop"
+    assert wait_until(lambda: live.fake.requests[0].disconnected_at is not None)  # the native loser closed
