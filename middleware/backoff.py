@@ -66,6 +66,7 @@ class BackoffMiddleware:
         try:
             await self.app(scope, receive, held.send)
         except UpstreamError:
+            self.health.observe(call, target, ok=False)
             await self.health.failed(call, target)
             raise
         if held.start is not None:
@@ -107,11 +108,13 @@ class BackoffMiddleware:
         if call.client_gone:
             return  # says nothing about the target
         if call.error is not None or (status is not None and status in CIRCUIT_STATUSES):
+            self.health.observe(call, target, ok=False)
             await self.health.failed(call, target)
         elif status is not None and status < 400:
             record = call.last_try
             if record is not None and record.first_byte_s is not None:
                 self.health.observe_first_byte(call, target, record.first_byte_s)
+            self.health.observe(call, target, ok=True)
             await self.health.succeeded(call, target)
 
 

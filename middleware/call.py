@@ -49,6 +49,9 @@ class Route:
     strategy: str = "fallback"
     racers: int = 0  # how many targets a race starts (0: every target, up to the race layer's cap)
     hedge_delay_ms: float | str | None = None  # delay before each further racer; "auto": live p95 TTFT
+    # The provider a pass-through key was meant for: the first target as resolved, kept when a
+    # strategy (cheapest, fastest) reorders the targets for one call.
+    home: str | None = None
 
 
 @dataclass(slots=True)
@@ -149,7 +152,8 @@ class Call:
         """
         if self.client_key is None:
             return None
-        home = self.route.targets[0].provider if self.route and self.route.targets else target.provider
+        route = self.route
+        home = (route.home or route.targets[0].provider) if route and route.targets else target.provider
         return self.client_key if target.provider == home else None
 
     def fork(self, target: Target) -> Call:

@@ -190,6 +190,15 @@ class TargetHealth:
         await self.store.succeeded(target_key)
         self._remember(call, target_key, failures=0, ejections=0, open_until=0.0)
 
+    def observe(self, call: Call, target: Target, *, ok: bool) -> None:
+        """Feed `target`'s speed estimate (for `fastest`) with this call's try: its first byte for a
+        stream, its whole duration otherwise, and whether it worked. No I/O here: the store batches."""
+        record = call.last_try
+        stream = call.body is not None and call.json().get("stream") is True
+        ttft = record.first_byte_s if record is not None and stream else None
+        latency = record.duration_s if record is not None and not stream else None
+        self.store.observe(self.id_of(call, target), ttft_s=ttft, latency_s=latency, ok=ok, now=self.clock())
+
     def observe_first_byte(self, call: Call, target: Target, seconds: float) -> None:
         """Remember one time to first byte of `target` (for "auto" hedging; kept per process)."""
         window = self._first_bytes.get(target_key := self.id_of(call, target))

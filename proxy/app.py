@@ -30,6 +30,7 @@ from proxy.ledger import open_ledger
 from proxy.ledger_middleware import LedgerMiddleware
 from proxy.lifespan import Upstream, make_lifespan
 from proxy.metrics import Metrics
+from proxy.ordering_middleware import OrderingMiddleware
 from proxy.pricing import PriceTable
 from proxy.routing import Router, RoutingMiddleware
 from proxy.scrub import Scrubber
@@ -48,6 +49,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
         RoutingMiddleware  body read once, `model` (+ X-Sluice-Fallback) -> Route
         BudgetMiddleware   only when some key has a budget: reserve the call's worst case, or 429
+        OrderingMiddleware `cheapest` / `fastest` routes: the targets put in order for this call
         RaceMiddleware     `race` calls: several targets (hedged), the first real answer wins
         FallbackMiddleware the route's targets in order until one commits
         MessagesMiddleware per try: /v1/messages as sent to Anthropic, translated for any other provider
@@ -56,7 +58,8 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
     """
     config = config or load_config(None)
     upstream = upstream or Upstream()
-    router = Router(config)
+    prices = PriceTable.builtin().with_overrides(config.prices)
+    router = Router(config, prices)
     scrubber = Scrubber(config.secrets())
     t = config.timeouts
     forwarder = Forwarder(
@@ -66,11 +69,11 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
     )
     store = cache_store(config)
     health = target_health(config)
-    prices = PriceTable.builtin().with_overrides(config.prices)
     spend = budgets(config)
     gateway: ASGIApp = RaceMiddleware(
         FallbackMiddleware(MessagesMiddleware(BackoffMiddleware(forwarder, health)), health=health)
     )
+    gateway = OrderingMiddleware(gateway, prices, health)
     if spend is not None:  # absent, not idle, without budgets: nothing on the hot path
         gateway = BudgetMiddleware(gateway, spend, prices)
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)

@@ -11,12 +11,14 @@ from middleware.errors import InvalidRequest, ModelNotFound
 from middleware.headers import SLUICE_FALLBACK, SLUICE_RACE, SLUICE_ROUTE, header
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy.config import Config, ProviderConfig
+from proxy.ordering import auto_order
+from proxy.pricing import PriceTable
 
 AUTO = "auto"
 MAX_FALLBACKS = 8
 MAX_RACERS = 8
-# X-Sluice-Route values this version serves; cheapest/fastest/ab come with smart routing.
-ROUTE_OVERRIDES = ("fallback", "race")
+# X-Sluice-Route values (SPEC §5); `ab` is a route's own strategy, never a per-call override.
+ROUTE_OVERRIDES = ("fallback", "race", "cheapest", "fastest")
 
 
 def target_of(provider: ProviderConfig, model: str) -> Target:
@@ -34,7 +36,7 @@ def target_of(provider: ProviderConfig, model: str) -> Target:
 class Router:
     """Every routable name, compiled once from the config."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, prices: PriceTable | None = None) -> None:
         self.providers: Mapping[str, ProviderConfig] = config.providers
         self.routes: dict[str, Route] = {
             name: Route(
@@ -43,7 +45,8 @@ class Router:
             for name, rc in config.routes.items()
         }
         if AUTO not in self.routes:
-            self.routes[AUTO] = Route(AUTO, self._keyed_catalog(), "fallback")
+            # Unconfigured `auto`: every keyed catalog model, cheapest first (proxy.ordering.auto_order).
+            self.routes[AUTO] = Route(AUTO, tuple(auto_order(self._keyed_catalog(), prices or PriceTable.builtin())))
         self.bare: dict[str, Target] = self._bare_ids()
 
     def resolve(self, model: str) -> Route:

@@ -1,7 +1,11 @@
-"""The resilience layer's shared state: per-target cooldowns and circuit counters (SPEC §8, DESIGN "Stores").
+"""The resilience layer's shared state: per-target cooldowns, circuits and speed (SPEC §8, §9, DESIGN "Stores").
 
 A target id names (provider, model, provider key) — see `middleware.health.target_id`.
 Times are wall-clock seconds (`time.time()`), so replicas sharing Redis agree on them.
+
+Speed (for the `fastest` strategy) is observed after each try, without I/O,
+and read back as a `TargetStats` per target; how observations are weighted
+and shared by replicas is in `middleware.stores.latency`.
 
 Implementations: `MemoryStateStore` (the default, one process) and
 `RedisStateStore` (replicas). Neither raises because its backend failed: the
@@ -32,6 +36,21 @@ class TargetState:
 
 
 HEALTHY = TargetState()
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStats:
+    """How fast and how reliable one target has been lately (for `fastest`); see `latency.summarize`.
+
+    Each average weighs an observation by its age (it halves every
+    `SpeedPolicy.half_life_s`), over the observations of all replicas.
+    """
+
+    ewma_ttft_s: float | None  # time to first byte of streams; None when no stream worked lately
+    ewma_latency_s: float | None  # whole duration of non-streams; None when none worked lately
+    error_rate: float  # the same average of 1 (failed) and 0 (worked), in [0, 1]
+    samples: int  # observations behind these numbers (the last one to two `SpeedPolicy.epoch_s`)
+    updated_at: float  # wall-clock time of the newest observation
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +98,24 @@ class StateStore(Protocol):
         """True for one caller per `ttl_s` across replicas: the one probe of a half-open circuit."""
         ...
 
+    def observe(self, target_id: str, *, ttft_s: float | None, latency_s: float | None, ok: bool, now: float) -> None:
+        """Count one try of `target_id` that ended at `now` (wall clock): never I/O, never raises.
+
+        `ttft_s` is a stream's time to first byte, `latency_s` a non-stream's
+        duration; either may be None. The timings of a failed try are not
+        averaged (a fast error must not make a broken target look fast); the
+        failure counts in `error_rate` instead.
+        """
+        ...
+
+    async def speeds(self, ids: Sequence[str]) -> list[TargetStats | None]:
+        """The speed of each id, in order (None when nothing was observed lately), in at most one round trip."""
+        ...
+
     def state(self) -> str:
         """For /readyz: "memory", or for Redis "up" / "down"."""
         ...
 
     async def aclose(self) -> None:
-        """Release the backend's resources; never raises."""
+        """Push what is still pending, stop background work and release the backend; never raises."""
         ...

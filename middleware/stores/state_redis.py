@@ -5,6 +5,8 @@ cool_until, open_until (wall-clock seconds, as text), failures and ejections
 (integers); every write refreshes a 2-hour expiry on it, so no state lives
 for ever (the longest cooldown is `retry_after.MAX_RESET_S`, one hour). The
 one probe of a half-open circuit is a `SET NX PX` on `prefix + "probe:" + id`.
+Speed statistics (`observe`, `speeds(ids)`) live in hashes of their own,
+batched and cached in process: see `latency_redis`.
 
 Every write goes to a `MemoryStateStore` copy first, then to Redis, through
 `RedisOps.call` (one deadline, a breaker, never raising). When Redis fails
@@ -25,8 +27,10 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from middleware.stores.breaker import Breaker
+from middleware.stores.latency import DEFAULT_POLICY, SpeedPolicy
+from middleware.stores.latency_redis import RedisSpeeds
 from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, RedisOps, make_client
-from middleware.stores.state_base import CircuitPolicy, TargetState
+from middleware.stores.state_base import CircuitPolicy, TargetState, TargetStats
 from middleware.stores.state_memory import MemoryStateStore
 
 STATE_TTL_S = 2 * 3600
@@ -52,8 +56,10 @@ class RedisStateStore:
     """A `StateStore` on Redis, shared by replicas; `memory` is its fallback copy.
 
     `stats` counts errors (failed or timed-out Redis operations), skipped
-    (operations not made because the breaker was open) and fallbacks
-    (answers that came from the memory copy instead of Redis).
+    (operations not made because the breaker was open), fallbacks (answers
+    that came from the memory copy instead of Redis) and speed_dropped
+    (observations not pushed: too many targets pending).
+    `flush_interval_s` and `stats_ttl_s` pace the speed pushes and reads.
     """
 
     def __init__(
@@ -64,13 +70,19 @@ class RedisStateStore:
         prefix: str = DEFAULT_PREFIX,
         breaker: Breaker | None = None,
         clock: Callable[[], float] = time.time,
+        speed_policy: SpeedPolicy = DEFAULT_POLICY,
+        flush_interval_s: float = 1.0,
+        stats_ttl_s: float = 1.0,
     ) -> None:
         self.stats: dict[str, int] = {"errors": 0, "skipped": 0, "fallbacks": 0}
         self._ops = RedisOps(client, op_timeout_s=op_timeout_s, breaker=breaker or Breaker(), stats=self.stats)
-        self.memory = MemoryStateStore(clock=clock)
+        self.memory = MemoryStateStore(clock=clock, speed_policy=speed_policy)
         raw = prefix.encode()
         self._state_prefix = raw + b"state:"
         self._probe_prefix = raw + b"probe:"
+        self._speeds = RedisSpeeds(
+            self._ops, self.memory, prefix=raw, flush_interval_s=flush_interval_s, cache_ttl_s=stats_ttl_s
+        )
 
     @classmethod
     def from_url(
@@ -83,6 +95,9 @@ class RedisStateStore:
         clock: Callable[[], float] = time.time,
         max_connections: int = 64,
         health_check_interval_s: int = 5,
+        speed_policy: SpeedPolicy = DEFAULT_POLICY,
+        flush_interval_s: float = 1.0,
+        stats_ttl_s: float = 1.0,
     ) -> RedisStateStore:
         """A store on a client built for failing fast (`redis_client.make_client`); Redis may be down now."""
         return cls(
@@ -91,6 +106,9 @@ class RedisStateStore:
             prefix=prefix,
             breaker=breaker,
             clock=clock,
+            speed_policy=speed_policy,
+            flush_interval_s=flush_interval_s,
+            stats_ttl_s=stats_ttl_s,
         )
 
     @property
@@ -107,6 +125,15 @@ class RedisStateStore:
     def breaker(self) -> Breaker:
         """The breaker that skips Redis after repeated failures."""
         return self._ops.breaker
+
+    @property
+    def speed_pushes(self) -> RedisSpeeds:
+        """The speed statistics' batching, flusher and cache (for tests and inspection)."""
+        return self._speeds
+
+    async def speeds(self, ids: Sequence[str]) -> list[TargetStats | None]:
+        """Each id's speed estimate (None: no recent data), from a cache read at most once a second."""
+        return await self._speeds.speeds(ids)
 
     async def read(self, ids: Sequence[str]) -> list[TargetState]:
         """The state of each id, in order, in one round trip; from the memory copy when Redis fails."""
@@ -156,12 +183,21 @@ class RedisStateStore:
             return local
         return bool(claimed)
 
+    def observe(self, target_id: str, *, ttft_s: float | None, latency_s: float | None, ok: bool, now: float) -> None:
+        """Count one try of `target_id`, here at once and for every replica at the next push (~1 s); no I/O."""
+        self._speeds.observe(target_id, ttft_s=ttft_s, latency_s=latency_s, ok=ok, now=now)
+
+    async def flush_speeds(self) -> None:
+        """Push the pending speed observations now (the flusher does it every `flush_interval_s`); never raises."""
+        await self._speeds.flush()
+
     def state(self) -> str:
         """For /readyz: "down" while the breaker refuses calls or just after a failed call, else "up"."""
         return self._ops.state()
 
     async def aclose(self) -> None:
-        """Close the client and its connection pool; never raises."""
+        """Stop the speed flusher and push what it still holds, then close the client and its pool; never raises."""
+        await self._speeds.aclose()
         await self._ops.aclose()
 
     @staticmethod

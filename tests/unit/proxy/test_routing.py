@@ -66,3 +66,16 @@ def test_routable_names_list_aliases_auto_and_catalog_models(tmp_path):
     names = router(tmp_path, '[routes.fast]\ntargets = ["openai/gpt-4o-mini"]\n').routable_names()
     assert names[:2] == ["fast", "auto"]
     assert "cerebras/llama3.1-8b" in names
+
+
+def test_auto_without_config_puts_the_cheapest_for_a_typical_request_first(tmp_path):
+    from proxy.ordering import expected_cost
+    from proxy.pricing import PriceTable
+
+    route = router(tmp_path, env={"GROQ_API_KEY": "k", "OPENAI_API_KEY": "k"}).resolve("auto")
+    prices = PriceTable.builtin()
+    costs = [expected_cost(prices.lookup(t.provider, t.model), 1000, 256) for t in route.targets]
+    priced = [c for c in costs if c is not None]
+    assert priced == sorted(priced)
+    assert costs[: len(priced)] == priced  # unpriced ones last
+    assert route.targets[0].name == "groq/llama-3.1-8b-instant"
