@@ -29,7 +29,7 @@ from decimal import Decimal
 from redis.asyncio import Redis
 
 from middleware.stores.breaker import Breaker
-from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, RedisOps, make_client
+from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, OnRedis, RedisOps, make_client
 from proxy.budget_store import EXPIRY_MARGIN_S, MemoryBudgetStore, from_nanos, period_end, to_nanos
 
 logger = logging.getLogger("sluice")
@@ -64,7 +64,7 @@ return total
 """
 
 
-class RedisBudgetStore:
+class RedisBudgetStore(OnRedis):
     """A `BudgetStore` on Redis, shared by replicas; `memory` is its fallback copy.
 
     `stats` counts errors and skipped operations (see `RedisOps`) and fallbacks
@@ -97,11 +97,6 @@ class RedisBudgetStore:
     ) -> RedisBudgetStore:
         """A store on a client built for failing fast (`redis_client.make_client`); Redis may be down now."""
         return cls(make_client(url, op_timeout_s), op_timeout_s=op_timeout_s, prefix=prefix, breaker=breaker)
-
-    @property
-    def client(self) -> Redis:
-        """The redis-py client (for tests and inspection)."""
-        return self._ops.client
 
     def key(self, key_id: str, period_id: str) -> str:
         """The Redis key of a key id's spend in a period."""

@@ -30,7 +30,8 @@ from middleware.errors import BudgetExceeded
 from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy.budget_store import NANO, BudgetStore, MemoryBudgetStore, period_end, period_id, reset_at
 from proxy.ledger.record import CallRecord
-from proxy.pricing import PriceTable, estimate_prompt_tokens, format_usd, worst_case_cost
+from proxy.pricing import PriceTable, format_usd, worst_case_cost
+from proxy.token_estimate import estimate_prompt_tokens
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

@@ -46,7 +46,8 @@ from decimal import Decimal, localcontext
 from typing import Any, Protocol, TypeGuard
 
 from middleware.call import Target
-from proxy.pricing import Price, PriceTable, estimate_prompt_tokens
+from proxy.pricing import Price, PriceTable
+from proxy.token_estimate import estimate_prompt_tokens
 
 __all__ = [
     "AUTO_OUTPUT_TOKENS",

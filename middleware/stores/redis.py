@@ -23,13 +23,19 @@ from redis.exceptions import WatchError
 from middleware.stores.base import DEFAULT_MAX_ENTRY_BYTES
 from middleware.stores.breaker import Breaker
 from middleware.stores.memory import LocalFlights
-from middleware.stores.redis_client import DEFAULT_PREFIX as DEFAULT_PREFIX  # public here since before redis_client
-from middleware.stores.redis_client import FAILED, Failed, RedisOps, make_client
+from middleware.stores.redis_client import DEFAULT_PREFIX as DEFAULT_PREFIX
+from middleware.stores.redis_client import (  # public here since before redis_client
+    FAILED,
+    Failed,
+    OnRedis,
+    RedisOps,
+    make_client,
+)
 
 POLL_S = 0.025  # how often a follower on another replica checks whether the leader is done
 
 
-class RedisCacheStore:
+class RedisCacheStore(OnRedis):
     """A `CacheStore` on Redis: TTLs set atomically, single-flight across replicas, never raising.
 
     `stats` counts hits, misses, sets, too_big, errors (failed or timed-out
@@ -53,21 +59,6 @@ class RedisCacheStore:
         self._lock_prefix = raw + b"lock:"
         self._flights = LocalFlights()
         self._releasing: set[asyncio.Future[Failed | None]] = set()  # lock releases still running
-
-    @property
-    def client(self) -> Redis:
-        """The redis-py client (for tests and inspection; the store's calls go through `RedisOps`)."""
-        return self._ops.client
-
-    @property
-    def op_timeout_s(self) -> float:
-        """The deadline of each Redis operation."""
-        return self._ops.op_timeout_s
-
-    @property
-    def breaker(self) -> Breaker:
-        """The breaker that skips Redis after repeated failures."""
-        return self._ops.breaker
 
     @classmethod
     def from_url(

@@ -144,3 +144,24 @@ class RedisOps:
         """Close the client and its connection pool; never raises."""
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose(close_connection_pool=True)
+
+
+class OnRedis:
+    """What a Redis-backed store shows of its `RedisOps`: the client, the deadline and the breaker."""
+
+    _ops: RedisOps
+
+    @property
+    def client(self) -> Redis:
+        """The redis-py client (for tests and inspection; the store's calls go through `RedisOps`)."""
+        return self._ops.client
+
+    @property
+    def op_timeout_s(self) -> float:
+        """The deadline of each Redis operation (and so of each store method)."""
+        return self._ops.op_timeout_s
+
+    @property
+    def breaker(self) -> Breaker:
+        """The breaker that skips Redis after repeated failures."""
+        return self._ops.breaker

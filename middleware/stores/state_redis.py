@@ -29,7 +29,7 @@ from redis.exceptions import WatchError
 from middleware.stores.breaker import Breaker
 from middleware.stores.latency import DEFAULT_POLICY, SpeedPolicy
 from middleware.stores.latency_redis import RedisSpeeds
-from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, RedisOps, make_client
+from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, OnRedis, RedisOps, make_client
 from middleware.stores.state_base import CircuitPolicy, TargetState, TargetStats
 from middleware.stores.state_memory import MemoryStateStore
 
@@ -52,7 +52,7 @@ def parse_state(row: Sequence[bytes | str | None]) -> TargetState:
         return TargetState()  # not written by this code: treat as unknown rather than raise
 
 
-class RedisStateStore:
+class RedisStateStore(OnRedis):
     """A `StateStore` on Redis, shared by replicas; `memory` is its fallback copy.
 
     `stats` counts errors (failed or timed-out Redis operations), skipped
@@ -110,21 +110,6 @@ class RedisStateStore:
             flush_interval_s=flush_interval_s,
             stats_ttl_s=stats_ttl_s,
         )
-
-    @property
-    def client(self) -> Redis:
-        """The redis-py client (for tests and inspection; the store's calls go through `RedisOps`)."""
-        return self._ops.client
-
-    @property
-    def op_timeout_s(self) -> float:
-        """The deadline of each Redis operation (and so of each method)."""
-        return self._ops.op_timeout_s
-
-    @property
-    def breaker(self) -> Breaker:
-        """The breaker that skips Redis after repeated failures."""
-        return self._ops.breaker
 
     @property
     def speed_pushes(self) -> RedisSpeeds:

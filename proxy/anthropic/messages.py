@@ -10,7 +10,7 @@ It sits inside the strategy, so each try decides for its own target:
   (`stream.StreamTranslator`), an error into Anthropic's shape.
 
 `/v1/messages/count_tokens` goes to Anthropic natively; for other targets the
-gateway answers an estimate itself (`pricing.estimate_prompt_tokens`, marked by
+gateway answers an estimate itself (`token_estimate.estimate_prompt_tokens`, marked by
 `X-Sluice-Estimate: true`), since Chat Completions has no such endpoint.
 """
 
@@ -26,7 +26,7 @@ from proxy.anthropic.errors import from_openai_error
 from proxy.anthropic.request import Capabilities, Untranslatable, to_chat
 from proxy.anthropic.response import to_message
 from proxy.anthropic.stream import StreamTranslator
-from proxy.pricing import estimate_prompt_tokens
+from proxy.token_estimate import estimate_prompt_tokens
 from proxy.upstream_headers import ANTHROPIC
 
 MESSAGES = "/v1/messages"

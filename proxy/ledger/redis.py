@@ -38,7 +38,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from middleware.stores.breaker import Breaker
-from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, RedisOps, make_client
+from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, OnRedis, RedisOps, make_client
 from proxy.ledger import codec
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.base import DEFAULT_LIMIT, DEFAULT_MAX_PENDING, check_dimensions, check_limit
@@ -66,7 +66,7 @@ return #ARGV - 3
 """
 
 
-class RedisLedger:
+class RedisLedger(OnRedis):
     """A `Ledger` in a Redis stream shared by replicas, spooling to `spool_path` while Redis is away.
 
     `record` must be called on the event loop's thread. `client` is a URL
@@ -118,11 +118,6 @@ class RedisLedger:
         self._flushing = 0  # flushes waiting
         self._closing = False
         self._closed = False
-
-    @property
-    def client(self) -> Redis:
-        """The redis-py client."""
-        return self._ops.client
 
     @property
     def stats(self) -> dict[str, int]:

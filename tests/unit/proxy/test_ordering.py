@@ -22,8 +22,9 @@ from proxy.ordering import (
     expected_output_tokens,
     fastest,
 )
-from proxy.pricing import PriceTable, estimate_prompt_tokens
+from proxy.pricing import PriceTable
 from proxy.providers import CATALOG
+from proxy.token_estimate import estimate_prompt_tokens
 
 BUILTIN = PriceTable.builtin()
 

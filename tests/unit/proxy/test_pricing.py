@@ -24,12 +24,12 @@ from proxy.pricing import (
     PriceTable,
     Tokens,
     cost,
-    estimate_prompt_tokens,
     format_usd,
     read_usage,
     worst_case_cost,
 )
 from proxy.providers import CATALOG
+from proxy.token_estimate import estimate_prompt_tokens
 
 TABLE = PriceTable.builtin()
 CATALOG_KEYS = {f"{spec.name}/{model}" for spec in CATALOG.values() for model in spec.models}
