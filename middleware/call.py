@@ -41,6 +41,15 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """One arm of an A/B route: a name (what `X-Sluice-Variant` says), its chain, its weight."""
+
+    name: str
+    targets: tuple[Target, ...]
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """What a requested model resolved to: targets in order and how to use them."""
 
@@ -52,6 +61,7 @@ class Route:
     # The provider a pass-through key was meant for: the first target as resolved, kept when a
     # strategy (cheapest, fastest) reorders the targets for one call.
     home: str | None = None
+    variants: tuple[Variant, ...] = ()  # an `ab` route's arms (its targets: every arm's, for budgets)
 
 
 @dataclass(slots=True)

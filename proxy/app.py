@@ -25,6 +25,7 @@ from proxy.anthropic.messages import MessagesMiddleware
 from proxy.budget_store import BudgetStore, MemoryBudgetStore
 from proxy.budgets import BudgetMiddleware, Budgets, KeyBudget
 from proxy.config import Config, load_config
+from proxy.experiments.middleware import ABMiddleware
 from proxy.forwarder import Forwarder, ForwarderOptions
 from proxy.ledger import open_ledger
 from proxy.ledger_middleware import LedgerMiddleware
@@ -49,6 +50,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
         RoutingMiddleware  body read once, `model` (+ X-Sluice-Fallback) -> Route
         BudgetMiddleware   only when some key has a budget: reserve the call's worst case, or 429
+        ABMiddleware       `ab` routes: the subject's variant (a stable hash), X-Sluice-Variant
         OrderingMiddleware `cheapest` / `fastest` routes: the targets put in order for this call
         RaceMiddleware     `race` calls: several targets (hedged), the first real answer wins
         FallbackMiddleware the route's targets in order until one commits
@@ -74,6 +76,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         FallbackMiddleware(MessagesMiddleware(BackoffMiddleware(forwarder, health)), health=health)
     )
     gateway = OrderingMiddleware(gateway, prices, health)
+    gateway = ABMiddleware(gateway)
     if spend is not None:  # absent, not idle, without budgets: nothing on the hot path
         gateway = BudgetMiddleware(gateway, spend, prices)
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)

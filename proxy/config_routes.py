@@ -22,19 +22,34 @@ def _target(t: Table, value: str, providers: Mapping[str, ProviderConfig], *wher
 
 
 def read_routes(t: Table, providers: Mapping[str, ProviderConfig]) -> dict[str, RouteConfig]:
-    """``[routes.NAME]`` tables, in file order; targets must name a provider in providers."""
+    """``[routes.NAME]`` tables, in file order; targets must name a provider in providers.
+
+    An ``ab`` route's variants may also be other routes' names (a variant is then that
+    route's chain), as long as those are not ``ab`` routes themselves.
+    """
     routes = {}
     for name in t.names():
         if not name.strip() or "/" in name:  # "a/b" always means provider/model (SPEC §3)
             raise t.error('a route name must be non-blank and contain no "/"', name)
         routes[name] = _route(t.table(name), name, providers)
+    for name, route in routes.items():
+        for i, variant in enumerate(route.targets):
+            if "/" in variant:
+                continue
+            aliased = routes.get(variant)
+            if aliased is None or aliased.strategy == "ab" or variant == name:
+                why = "an A/B route" if aliased is not None else "not a route defined in this file"
+                raise t.table(name).error(f"{variant!r} is {why}; a variant is provider/model or a route", "targets", i)
     return routes
 
 
 def _route(t: Table, name: str, providers: Mapping[str, ProviderConfig]) -> RouteConfig:
     t.only(*_ROUTE_KEYS)
     strategy = t.string("strategy", "fallback", STRATEGIES)
-    targets = tuple(_target(t, v, providers, "targets", i) for i, v in enumerate(t.strings("targets") or ()))
+    targets = tuple(
+        v if strategy == "ab" and "/" not in v else _target(t, v, providers, "targets", i)  # a route alias
+        for i, v in enumerate(t.strings("targets") or ())
+    )
     if len(set(targets)) < len(targets):
         raise t.error("lists a target twice", "targets")
     if not targets:  # a route that can never be served is a config mistake, found now

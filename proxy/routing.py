@@ -6,11 +6,11 @@ import dataclasses
 from collections.abc import Mapping
 
 from middleware.body import replay
-from middleware.call import Call, Route, Target
+from middleware.call import Call, Route, Target, Variant
 from middleware.errors import InvalidRequest, ModelNotFound
 from middleware.headers import SLUICE_FALLBACK, SLUICE_RACE, SLUICE_ROUTE, header
 from middleware.types import ASGIApp, Receive, Scope, Send
-from proxy.config import Config, ProviderConfig
+from proxy.config import Config, ProviderConfig, RouteConfig
 from proxy.ordering import auto_order
 from proxy.pricing import PriceTable
 
@@ -43,7 +43,11 @@ class Router:
                 name, tuple(self._parse_target(t) for t in rc.targets), rc.strategy, hedge_delay_ms=rc.hedge_delay_ms
             )
             for name, rc in config.routes.items()
+            if rc.strategy != "ab"
         }
+        for name, rc in config.routes.items():
+            if rc.strategy == "ab":  # after the others: a variant may be another route's name
+                self.routes[name] = self._ab_route(name, rc)
         if AUTO not in self.routes:
             # Unconfigured `auto`: every keyed catalog model, cheapest first (proxy.ordering.auto_order).
             self.routes[AUTO] = Route(AUTO, tuple(auto_order(self._keyed_catalog(), prices or PriceTable.builtin())))
@@ -101,6 +105,15 @@ class Router:
         for provider in self.providers.values():
             names.extend(f"{provider.name}/{model}" for model in provider.models)
         return names
+
+    def _ab_route(self, name: str, rc: RouteConfig) -> Route:
+        weights = rc.weights or (1.0,) * len(rc.targets)
+        variants = tuple(
+            Variant(v, self.routes[v].targets if "/" not in v else (self._parse_target(v),), w)
+            for v, w in zip(rc.targets, weights, strict=True)
+        )
+        every = tuple(dict.fromkeys(t for variant in variants for t in variant.targets))
+        return Route(name, every, "ab", hedge_delay_ms=rc.hedge_delay_ms, variants=variants)
 
     def _parse_target(self, name: str) -> Target:
         provider_name, _, model = name.partition("/")

@@ -1,0 +1,1 @@
+"""A/B tests (SPEC §9 `ab`): sticky assignment of each subject to a variant (`assign.py`, `middleware.py`)."""
