@@ -191,7 +191,7 @@ async def test_a_target_first_asked_while_the_cache_is_fresh_is_answered_locally
     assert await b.speeds(["late"]) == [None]  # nothing local, and the cache is fresh
     await asyncio.sleep(0.06)
     (late,) = await b.speeds(["late"])
-    assert late.ewma_latency_s == 2.0
+    assert late.ewma_latency_s == pytest.approx(2.0)
 
 
 async def test_the_flusher_starts_on_the_first_observe_pushes_in_the_background_and_stops_on_aclose(replicas):
@@ -207,7 +207,7 @@ async def test_the_flusher_starts_on_the_first_observe_pushes_in_the_background_
             break
         await asyncio.sleep(0.01)
     (t,) = await b.speeds(["t"])
-    assert t.ewma_ttft_s == 0.3
+    assert t.ewma_ttft_s == pytest.approx(0.3)
     await a.aclose()
     assert a.speed_pushes.flusher is None
     assert flusher.done()
@@ -223,7 +223,7 @@ async def test_aclose_pushes_what_is_pending(replicas):
     await a.aclose()
     assert a.speed_pushes.pending == 0
     (t,) = await b.speeds(["t"])
-    assert t.ewma_latency_s == 1.5
+    assert t.ewma_latency_s == pytest.approx(1.5)
     assert flushers() == set()
 
 
@@ -249,8 +249,8 @@ async def test_with_redis_down_observe_and_stats_answer_from_memory_and_the_batc
 
     a.observe("during", ttft_s=None, latency_s=2.0, ok=True, now=T0)
     before, during = await a.speeds(["before", "during"])
-    assert before.ewma_latency_s == 1.0  # last seen in Redis, kept
-    assert during.ewma_latency_s == 2.0
+    assert before.ewma_latency_s == pytest.approx(1.0)  # last seen in Redis, kept
+    assert during.ewma_latency_s == pytest.approx(2.0)
     assert a.stats["fallbacks"] == 1
     await a.flush_speeds()
     assert a.speed_pushes.pending == 1  # kept for the next push
@@ -259,7 +259,7 @@ async def test_with_redis_down_observe_and_stats_answer_from_memory_and_the_batc
     replicas.server.connected = True
     await a.flush_speeds()
     (during,) = await b.speeds(["during"])
-    assert during.ewma_latency_s == 2.0
+    assert during.ewma_latency_s == pytest.approx(2.0)
     assert during.samples == 1
 
 
