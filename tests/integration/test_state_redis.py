@@ -64,7 +64,7 @@ async def assert_answers_from_memory(store: RedisStateStore, now: float) -> None
     skipped = store.stats["skipped"]
     _, took = await timed(store.read(["cooled-in-outage"]))
     assert store.stats["skipped"] == skipped + 1
-    assert took < 0.005
+    assert took < 0.05  # no Redis call at all (the counter above proves it); the bound only says "at once"
 
 
 async def eventually_shared(store: RedisStateStore, other: RedisStateStore, within_s: float = 3.0) -> float:

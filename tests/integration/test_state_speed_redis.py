@@ -112,7 +112,7 @@ async def test_killed_redis_observe_and_stats_answer_from_memory_at_once_and_the
         started = time.monotonic()
         for i in range(1000):
             a.observe("during", ttft_s=0.5, latency_s=None, ok=i % 10 != 0, now=now)
-        assert time.monotonic() - started < 0.1  # no I/O on the hot path
+        assert time.monotonic() - started < 0.3  # no I/O on the hot path: ~6 µs each when the box is quiet
         for _ in range(5):
             started = time.monotonic()
             before, during = await known(a, "before", "during")
