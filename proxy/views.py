@@ -1,4 +1,6 @@
-"""The JSON views of the ledger and the metrics: /sluice/calls, /sluice/usage, /metrics (SPEC §4, §10, §11).
+"""The JSON views of the ledger and the metrics: /sluice/calls, /sluice/usage, /sluice/experiments, /metrics.
+
+SPEC §4, §9, §10, §11.
 
 Auth (the admin key when [auth] is on) is AuthMiddleware's job; these only
 read. Records never hold a key, only its id; prompt and answer text only
@@ -115,6 +117,24 @@ def usage_view(ledger: Ledger) -> ASGIApp:
             "by": list(by),
             "rows": [row.as_dict() for row in rows],
             "totals": UsageRow.total(rows).as_dict(),
+        }
+        await _send_json(send, payload)
+
+    return endpoint
+
+
+def experiments_view(ledger: Ledger) -> ASGIApp:
+    """GET /sluice/experiments?since=7d: per A/B route and variant, traffic, latency, cost and the judge's verdicts."""
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        since = parse_since(_query(scope).get("since", "7d"))
+        try:
+            rows = await ledger.experiments(since=since)
+        except LedgerUnavailable as exc:
+            raise LedgerDown(f"the ledger cannot be read: {exc}") from None
+        payload = {
+            "since": datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
+            "routes": [row.as_dict() for row in rows],
         }
         await _send_json(send, payload)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from proxy.experiments.report import ExperimentRow
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.record import CallRecord
 
@@ -39,7 +40,7 @@ def check_limit(limit: int) -> int:
 
 
 class Ledger(Protocol):
-    """Where call records go (SPEC §10): written off the hot path, read by /sluice/calls and /sluice/usage.
+    """Where call records go (SPEC §10): written off the hot path, read by the /sluice/* views.
 
     `stats` counts at least "recorded" (taken by `record`), "written"
     (durable in the store), "dropped" (lost: the in-memory buffer or the
@@ -94,6 +95,15 @@ class Ledger(Protocol):
         `by` is a subset of `DIMENSIONS`; "day" is the UTC date of the call.
         Rows are sorted by their group values. ValueError for an unknown
         dimension; `LedgerUnavailable` when the store cannot be read.
+        """
+        ...
+
+    async def experiments(self, *, since: float) -> list[ExperimentRow]:
+        """The A/B report of the calls made at or after `since`: one row per route, in name order.
+
+        Reads the records with a variant and the judge's records, and counts
+        them with `proxy.experiments.report` (the same code for every
+        ledger). `LedgerUnavailable` when the store cannot be read.
         """
         ...
 

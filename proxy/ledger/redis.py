@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 
 from middleware.stores.breaker import Breaker
 from middleware.stores.redis_client import DEFAULT_PREFIX, FAILED, OnRedis, RedisOps, make_client
+from proxy.experiments.report import ExperimentRow
 from proxy.ledger import codec
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.base import DEFAULT_LIMIT, DEFAULT_MAX_PENDING, check_dimensions, check_limit
@@ -215,6 +216,10 @@ class RedisLedger(OnRedis):
     async def usage(self, *, since: float, by: Sequence[str]) -> list[UsageRow]:
         """Usage rows since `since`, summed in Python from the stream (see `StreamReader.usage`)."""
         return await self._reader.usage(since, check_dimensions(by))
+
+    async def experiments(self, *, since: float) -> list[ExperimentRow]:
+        """The A/B report since `since`, counted in Python from the stream (see `StreamReader.experiments`)."""
+        return await self._reader.experiments(since)
 
     # --- the pump ----------------------------------------------------------
 

@@ -1,21 +1,22 @@
 """The Redis ledger's queries: pages of the stream, read through `RedisOps` and decoded in a worker thread.
 
 `calls` walks the stream backwards (XREVRANGE) from a cursor, which is the
-id of the last entry returned; `usage` walks it forwards (XRANGE) from
-`since`, summing in Python with Decimals. Stream ids are Redis's clock at
-write time, which comes after the call's `ts` (the record is written when
-the call ends), so `usage` starts `CLOCK_SKEW_S` early to allow for a replica
-whose clock runs ahead of Redis's, and filters on `ts` itself.
+id of the last entry returned; `usage` and `experiments` walk it forwards
+(XRANGE) from `since`, counting in Python (money as Decimals). Stream ids are
+Redis's clock at write time, which comes after the call's `ts` (the record is
+written when the call ends), so both start `CLOCK_SKEW_S` early to allow for
+a replica whose clock runs ahead of Redis's, and filter on `ts` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from middleware.stores.redis_client import FAILED, RedisOps
+from proxy.experiments.report import ExperimentAggregator, ExperimentRow, Sample
 from proxy.ledger import codec
 from proxy.ledger.aggregate import Aggregator, UsageRow
 from proxy.ledger.base import LedgerUnavailable
@@ -68,12 +69,25 @@ class StreamReader:
     async def usage(self, since: float, by: Sequence[str]) -> list[UsageRow]:
         """Usage rows of the records with `ts >= since`, grouped by `by`."""
         aggregator = Aggregator(by, since)
+        async for entries in self._pages_since(since):
+            await asyncio.to_thread(_add_all, aggregator, entries)
+        return aggregator.rows()
+
+    async def experiments(self, since: float) -> list[ExperimentRow]:
+        """The A/B report of the records with `ts >= since` (counted by `proxy.experiments.report`)."""
+        aggregator = ExperimentAggregator()
+        async for entries in self._pages_since(since):
+            await asyncio.to_thread(_add_samples, aggregator, entries, since)
+        return aggregator.rows()
+
+    async def _pages_since(self, since: float) -> AsyncIterator[list[Entry]]:
+        """The stream forwards, page by page, from `CLOCK_SKEW_S` before `since` (callers filter on `ts`)."""
         start = f"{max(0, int((since - CLOCK_SKEW_S) * 1000))}-0"
         while True:
             entries, full = await self._page(start, PAGE, reverse=False)
-            await asyncio.to_thread(_add_all, aggregator, entries)
+            yield entries
             if not full:
-                return aggregator.rows()
+                return
             start = "(" + entries[-1][0]
 
     async def _page(self, start: str, count: int, *, reverse: bool) -> tuple[list[Entry], bool]:
@@ -105,3 +119,13 @@ def _add_all(aggregator: Aggregator, entries: list[Entry]) -> None:
     for _, rec in entries:
         if rec is not None:
             aggregator.add(rec)
+
+
+def _add_samples(aggregator: ExperimentAggregator, entries: list[Entry], since: float) -> None:
+    for _, rec in entries:
+        # The same records the SQLite ledger selects: A/B calls and judge calls since `since`.
+        if rec is not None and rec.ts >= since and (rec.variant is not None or rec.judge):
+            sample = Sample(
+                rec.route, rec.variant, rec.status, rec.latency_ms, rec.ttft_ms, rec.stream, rec.cost_usd, rec.judge
+            )
+            aggregator.add(sample)

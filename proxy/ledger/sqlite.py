@@ -26,6 +26,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from proxy.experiments.report import ExperimentRow, experiment_rows
 from proxy.ledger import sqlite_store as store
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.base import DEFAULT_LIMIT, DEFAULT_MAX_PENDING, LedgerUnavailable, check_dimensions, check_limit
@@ -151,6 +152,10 @@ class SqliteLedger:
         """Usage rows since `since`, grouped and counted in SQL, money summed exactly by `decimal_sum`."""
         dims = check_dimensions(by)
         return await self._read(lambda conn: store.select_usage(conn, since, dims))
+
+    async def experiments(self, *, since: float) -> list[ExperimentRow]:
+        """The A/B report since `since`: the rows selected in SQL, counted in Python (percentiles are exact)."""
+        return await self._read(lambda conn: experiment_rows(store.select_experiment_samples(conn, since)))
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:

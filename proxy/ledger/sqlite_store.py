@@ -1,4 +1,4 @@
-"""The SQLite ledger's file: schema, batch inserts and the two queries, as plain blocking functions.
+"""The SQLite ledger's file: schema, batch inserts and the queries, as plain blocking functions.
 
 `SqliteLedger` runs the inserts on its writer thread and the queries in
 worker threads; nothing here touches the event loop.
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from proxy.experiments.report import Sample
 from proxy.ledger.aggregate import ZERO, UsageRow, sort_key, utc_day
 from proxy.ledger.record import AttemptRow, CallRecord
 
@@ -207,6 +208,18 @@ def select_calls(
     records = [_record(row[1:], tries[row[0]]) for row in rows]
     cursor = f"{rows[-1][1]!r}:{rows[-1][0]}" if more else None
     return records, cursor
+
+
+def select_experiment_samples(conn: sqlite3.Connection, since: float) -> Iterator[Sample]:
+    """The A/B calls (a variant) and judge calls at or after `since`, as `Sample`s, read row by row."""
+    sql = """
+        SELECT route, variant, status, latency_ms, ttft_ms, stream, cost_usd, judge
+        FROM calls WHERE ts >= ? AND (variant IS NOT NULL OR judge = 1)
+    """
+    for route, variant, status, latency, ttft, stream, cost, judge in conn.execute(sql, [since]):
+        yield Sample(
+            route, variant, status, latency, ttft, bool(stream), None if cost is None else Decimal(cost), bool(judge)
+        )
 
 
 def select_usage(conn: sqlite3.Connection, since: float, by: Sequence[str]) -> list[UsageRow]:

@@ -28,7 +28,12 @@ from proxy.ledger import LedgerUnavailable, RedisLedger, UsageRow, aggregate, op
 from proxy.ledger.codec import encode
 from proxy.ledger.spool import Batch, Spool
 from tests.redis_server import RedisServer, free_port
-from tests.unit.proxy.ledger.test_sqlite_ledger import MAX_STALL_S, make_record
+from tests.unit.proxy.ledger.test_sqlite_ledger import (
+    MAX_STALL_S,
+    expected_experiments,
+    experiment_records,
+    make_record,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -118,6 +123,25 @@ async def test_two_replicas_write_one_shared_ledger(redis_server, tmp_path):
         await a.aclose()
         await b.aclose()
     assert list(tmp_path.iterdir()) == []  # empty spools are removed with their locks
+
+
+@pytest.mark.anyio
+async def test_experiments_count_the_stream_as_the_sqlite_ledger_counts_its_file(redis_server, tmp_path):
+    records = experiment_records()
+    writer = ledger_for(redis_server.url, tmp_path / "a.spool")
+    await writer.start()
+    for rec in records:
+        writer.record(rec)
+    await writer.aclose()
+    reader = ledger_for(redis_server.url, tmp_path / "b.spool")  # another replica, or a restart
+    await reader.start()
+    try:
+        for since in (0, make_record(30).ts):
+            report = [row.as_dict() for row in await reader.experiments(since=since)]
+            assert report == expected_experiments(records, since)
+        assert [v["calls"] for v in report[0]["variants"]] == [5, 5]
+    finally:
+        await reader.aclose()
 
 
 @pytest.mark.anyio
@@ -253,7 +277,12 @@ _DYING_WORKER = """
 import os, sys
 from proxy.ledger.codec import encode
 from proxy.ledger.spool import Batch, Spool
-from tests.unit.proxy.ledger.test_sqlite_ledger import MAX_STALL_S, make_record
+from tests.unit.proxy.ledger.test_sqlite_ledger import (
+    MAX_STALL_S,
+    expected_experiments,
+    experiment_records,
+    make_record,
+)
 spool = Spool(sys.argv[1])
 spool.open()
 assert spool.path != sys.argv[1], "the base file is held by the test"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from proxy.experiments.report import Sample, experiment_rows
 from proxy.ledger import AttemptRow, CallRecord, LedgerUnavailable, SqliteLedger, aggregate, open_ledger
 from proxy.ledger.base import DIMENSIONS
 
@@ -149,6 +150,64 @@ async def test_the_file_survives_a_restart(tmp_path):
         assert usage.calls == 15
         assert usage.cost_usd == Decimal("0.0000120") * 15
         assert rows(path, "PRAGMA user_version") == [(1,)]
+    finally:
+        await second.aclose()
+
+
+def experiment_records() -> list[CallRecord]:
+    """A/B calls of route "trial" (variants a and b, one error, one unpriced, streams), judge calls, plain calls."""
+    records = []
+    for i in range(40):
+        variant = "a" if i % 2 else "b"
+        records.append(
+            make_record(
+                i,
+                route="trial",
+                variant=variant,
+                status=503 if i == 7 else 200,
+                latency_ms=10.0 + i,
+                stream=i % 4 == 0,
+                cost_usd=None if i == 9 else Decimal("0.0000010") * (i % 5 + 1),
+            )
+        )
+    records.append(make_record(40, route="trial", variant="a", judge=True, cost_usd=Decimal("0.002")))
+    records.append(make_record(41, route="trial", judge=True, cost_usd=Decimal("0.0005")))
+    records += [make_record(i) for i in range(42, 50)]  # not A/B: no variant
+    return records
+
+
+def expected_experiments(records: list[CallRecord], since: float) -> list[dict[str, Any]]:
+    """What `experiments(since=since)` should report for `records`, counted by the shared report code."""
+    samples = [
+        Sample(r.route, r.variant, r.status, r.latency_ms, r.ttft_ms, r.stream, r.cost_usd, r.judge)
+        for r in records
+        if r.ts >= since and (r.variant is not None or r.judge)
+    ]
+    return [row.as_dict() for row in experiment_rows(samples)]
+
+
+async def test_experiments_report_ab_calls_and_judge_spend_and_survive_a_restart(tmp_path):
+    path = str(tmp_path / "sluice.db")
+    records = experiment_records()
+    first = SqliteLedger(path)
+    await first.start()
+    await record_all(first, records)
+    await first.aclose()
+
+    second = SqliteLedger(path)
+    await second.start()
+    try:
+        [trial] = [row.as_dict() for row in await second.experiments(since=0)]
+        assert [trial] == expected_experiments(records, since=0)
+        a, b = trial["variants"]
+        assert (a["variant"], a["calls"], a["errors"], b["variant"], b["calls"]) == ("a", 20, 1, "b", 20)
+        assert a["latency_ms"]["p50"] > 0
+        assert b["ttft_ms"]["p50"] == 3.2  # 3.25 ms, to 0.1 ms (banker's rounding)
+        assert (a["judged"], a["win_rate"], a["win_rate_95"]) == (0, None, None)
+        assert Decimal(trial["judge_usd"]) == Decimal("0.0025")
+        later = [row.as_dict() for row in await second.experiments(since=T0 + 30)]
+        assert later == expected_experiments(records, since=T0 + 30)
+        assert await second.experiments(since=T0 + 1000) == []
     finally:
         await second.aclose()
 
