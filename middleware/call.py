@@ -112,6 +112,9 @@ class Call:
     # What the budget layer holds against the key's budget (a `proxy.budgets.Reservation`),
     # for LedgerMiddleware to settle; racers' forks share it but only the call is settled.
     reservation: Any = None
+    # A call the gateway makes to itself (an A/B judge's, `proxy.experiments.judge`): its
+    # tenant is preset, so auth lets it through, and this says what it is for.
+    internal: Any = None
     started_at: float = field(default_factory=time.perf_counter)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 

@@ -25,6 +25,7 @@ from proxy.anthropic.messages import MessagesMiddleware
 from proxy.budget_store import BudgetStore, MemoryBudgetStore
 from proxy.budgets import BudgetMiddleware, Budgets, KeyBudget
 from proxy.config import Config, load_config
+from proxy.experiments.judge import Judge, JudgeSettings
 from proxy.experiments.middleware import ABMiddleware
 from proxy.forwarder import Forwarder, ForwarderOptions
 from proxy.ledger import open_ledger
@@ -76,7 +77,8 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         FallbackMiddleware(MessagesMiddleware(BackoffMiddleware(forwarder, health)), health=health)
     )
     gateway = OrderingMiddleware(gateway, prices, health)
-    gateway = ABMiddleware(gateway)
+    judge = ab_judge(config)
+    gateway = ABMiddleware(gateway, judge)
     if spend is not None:  # absent, not idle, without budgets: nothing on the hot path
         gateway = BudgetMiddleware(gateway, spend, prices)
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)
@@ -96,15 +98,16 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
             ("GET", "/v1/models"): endpoints.models(router),
             ("GET", "/sluice/calls"): views.calls_view(ledger, store_text=config.ledger.store_text),
             ("GET", "/sluice/usage"): views.usage_view(ledger),
-            ("GET", "/sluice/experiments"): views.experiments_view(ledger),
+            ("GET", "/sluice/experiments"): views.experiments_view(ledger, judge),
             ("GET", "/metrics"): views.metrics_view(metrics),
         },
         gateway=gateway,
         lifespan=make_lifespan(
             upstream,
             tune_gc=tune_gc,
-            opening=(ledger.start,),
+            opening=(ledger.start, *((judge.start,) if judge is not None else ())),
             closing=(
+                *((judge.aclose,) if judge is not None else ()),
                 store.aclose,
                 health.store.aclose,
                 *((spend.aclose,) if spend is not None else ()),
@@ -123,7 +126,20 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         store_text=config.ledger.store_text,
         budgets=spend,
     )
-    return ErrorMiddleware(app, scrub=scrubber)
+    app = ErrorMiddleware(app, scrub=scrubber)
+    if judge is not None:
+        judge.app = app  # the judge's calls go through the whole gateway, as a client's would
+    return app
+
+
+def ab_judge(config: Config) -> Judge | None:
+    """The A/B judge when some `ab` route samples calls for one (`judge_sample_rate` > 0); else None."""
+    settings = {
+        name: JudgeSettings(route.judge, route.judge_sample_rate)
+        for name, route in config.routes.items()
+        if route.strategy == "ab" and route.judge is not None and route.judge_sample_rate > 0
+    }
+    return Judge(settings) if settings else None
 
 
 def cache_store(config: Config) -> CacheStore:

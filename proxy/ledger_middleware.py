@@ -29,6 +29,7 @@ from middleware.headers import SLUICE_COST, SLUICE_MODEL, SLUICE_PROVIDER, SLUIC
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.access_log import AccessLog
 from proxy.budgets import Budgets
+from proxy.experiments.judge import JudgeCall
 from proxy.ledger.base import Ledger
 from proxy.ledger.record import AttemptRow, CallRecord
 from proxy.metrics import Metrics
@@ -123,6 +124,11 @@ class LedgerMiddleware:
             tries=[_row(n, t) for n, t in enumerate(call.tries, 1)],
         )
         _fill_tokens(record, usage)
+        internal = call.internal
+        if isinstance(internal, JudgeCall):  # the judge's own call: its experiment's spend, not a caller's
+            record.judge, record.route = True, internal.route
+            if internal.verdict is not None:
+                record.variant, record.opponent, record.verdict = internal.verdict
         if self.store_text:
             record.prompt_text = (call.body or b"").decode("utf-8", "replace")
             record.answer_text = watch.text()

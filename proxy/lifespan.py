@@ -69,8 +69,9 @@ def make_lifespan(
         try:
             yield
         finally:
-            await upstream.aclose()
+            # `closing` first: some (the A/B judge) still make upstream calls until they are stopped.
             for close in closing:
                 await close()
+            await upstream.aclose()
 
     return lifespan

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 from middleware.errors import InvalidRequest, SluiceError
 from middleware.types import ASGIApp, Receive, Scope, Send
+from proxy.experiments.judge import Judge
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.base import DEFAULT_LIMIT, Ledger, LedgerUnavailable, check_dimensions, check_limit
 from proxy.ledger.codec import record_to_dict
@@ -123,8 +124,13 @@ def usage_view(ledger: Ledger) -> ASGIApp:
     return endpoint
 
 
-def experiments_view(ledger: Ledger) -> ASGIApp:
-    """GET /sluice/experiments?since=7d: per A/B route and variant, traffic, latency, cost and the judge's verdicts."""
+def experiments_view(ledger: Ledger, judge: Judge | None = None) -> ASGIApp:
+    """GET /sluice/experiments?since=7d: per A/B route and variant, traffic, latency, cost and the judge's verdicts.
+
+    `judge_queue` is this process's judge: samples taken, dropped (queue full),
+    judged, failed, and waiting now (all 0 without a judge).
+    """
+    idle = Judge({}).stats()
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         since = parse_since(_query(scope).get("since", "7d"))
@@ -135,6 +141,7 @@ def experiments_view(ledger: Ledger) -> ASGIApp:
         payload = {
             "since": datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
             "routes": [row.as_dict() for row in rows],
+            "judge_queue": judge.stats() if judge is not None else idle,
         }
         await _send_json(send, payload)
 

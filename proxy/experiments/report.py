@@ -15,8 +15,9 @@ What counts where, per route:
 - cost per call: the exact Decimal sum of the priced calls over their number
   (unpriced calls are unknown, not free, so they are left out of both);
 - judge spend: the cost of every `judge = True` record of the route;
-- judged pairs, wins, losses, ties: verdicts given to `add_verdict` (the
-  judge's result records); the win rate counts a tie as half a win.
+- judged pairs, wins, losses, ties: the verdict on a judge record (its
+  `variant` against its `opponent`, counted for both), or given to
+  `add_verdict`; the win rate counts a tie as half a win.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 ZERO = Decimal(0)
 Z_95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal distribution
 OUTCOMES = ("win", "loss", "tie")
+_MIRRORED = {"win": "loss", "loss": "win", "tie": "tie"}  # the same verdict, seen from the opponent
 
 
 class Sample(NamedTuple):
@@ -43,6 +45,8 @@ class Sample(NamedTuple):
     stream: bool
     cost_usd: Decimal | None
     judge: bool
+    verdict: str | None = None  # on a judge record: `variant` against `opponent` won, lost or tied
+    opponent: str | None = None
 
 
 def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float] | None:
@@ -185,6 +189,9 @@ class ExperimentAggregator:
                 self._row(sample.route).judge_usd += sample.cost_usd
             else:
                 self._row(sample.route)  # an unpriced judge call still shows the route exists
+            if sample.verdict in OUTCOMES and sample.variant is not None and sample.opponent is not None:
+                self.add_verdict(sample.route, sample.variant, sample.verdict)
+                self.add_verdict(sample.route, sample.opponent, _MIRRORED[sample.verdict])
         elif sample.variant is not None:
             self._row(sample.route).variant(sample.variant).add(sample)
 

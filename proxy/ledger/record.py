@@ -52,6 +52,10 @@ class CallRecord:
     error: str | None = None
     possibly_billed: bool = False  # some failed try may have been charged
     judge: bool = False  # spend of an A/B judge, not of the caller (issue 8)
+    # The judge's verdict on a pair, on the last judge call of the pair: `variant` against
+    # `opponent` was a "win", "loss" or "tie" (proxy.experiments.judge).
+    verdict: str | None = None
+    opponent: str | None = None
     prompt_text: str | None = None  # only with store_text
     answer_text: str | None = None
     tries: list[AttemptRow] = field(default_factory=list)

@@ -126,6 +126,15 @@ def _add_samples(aggregator: ExperimentAggregator, entries: list[Entry], since: 
         # The same records the SQLite ledger selects: A/B calls and judge calls since `since`.
         if rec is not None and rec.ts >= since and (rec.variant is not None or rec.judge):
             sample = Sample(
-                rec.route, rec.variant, rec.status, rec.latency_ms, rec.ttft_ms, rec.stream, rec.cost_usd, rec.judge
+                rec.route,
+                rec.variant,
+                rec.status,
+                rec.latency_ms,
+                rec.ttft_ms,
+                rec.stream,
+                rec.cost_usd,
+                rec.judge,
+                rec.verdict,
+                rec.opponent,
             )
             aggregator.add(sample)

@@ -28,7 +28,7 @@ from proxy.experiments.report import Sample
 from proxy.ledger.aggregate import ZERO, UsageRow, sort_key, utc_day
 from proxy.ledger.record import AttemptRow, CallRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SLICE = 100  # rows per executemany
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's transaction
 
@@ -45,7 +45,8 @@ CREATE TABLE calls (
     latency_ms REAL NOT NULL, ttft_ms REAL, stream INTEGER NOT NULL,
     input_tokens INTEGER, output_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
     cost_usd TEXT, saved_usd TEXT, variant TEXT, error TEXT,
-    possibly_billed INTEGER NOT NULL, judge INTEGER NOT NULL, prompt_text TEXT, answer_text TEXT
+    possibly_billed INTEGER NOT NULL, judge INTEGER NOT NULL, verdict TEXT, opponent TEXT,
+    prompt_text TEXT, answer_text TEXT
 );
 CREATE INDEX calls_ts ON calls (ts);
 CREATE INDEX calls_request_id ON calls (request_id);
@@ -57,6 +58,11 @@ CREATE TABLE attempts (
 ) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+# Each step takes a file from the version before it to the next; run in order inside the
+# writer's first transaction, so a file is never left half-migrated.
+_MIGRATIONS = {
+    1: ("ALTER TABLE calls ADD COLUMN verdict TEXT", "ALTER TABLE calls ADD COLUMN opponent TEXT"),
+}
 
 _INSERT_CALL = f"INSERT INTO calls (id, {', '.join(CALL_COLUMNS)}) VALUES (?{', ?' * len(CALL_COLUMNS)})"
 _INSERT_TRY = (
@@ -79,8 +85,13 @@ def connect_writer(path: str) -> sqlite3.Connection:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+        elif version < SCHEMA_VERSION:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
-        if version not in (0, SCHEMA_VERSION):
+        if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path}: ledger schema version {version}, this gateway reads {SCHEMA_VERSION}")
     except BaseException:
         conn.close()
@@ -213,13 +224,12 @@ def select_calls(
 def select_experiment_samples(conn: sqlite3.Connection, since: float) -> Iterator[Sample]:
     """The A/B calls (a variant) and judge calls at or after `since`, as `Sample`s, read row by row."""
     sql = """
-        SELECT route, variant, status, latency_ms, ttft_ms, stream, cost_usd, judge
+        SELECT route, variant, status, latency_ms, ttft_ms, stream, cost_usd, judge, verdict, opponent
         FROM calls WHERE ts >= ? AND (variant IS NOT NULL OR judge = 1)
     """
-    for route, variant, status, latency, ttft, stream, cost, judge in conn.execute(sql, [since]):
-        yield Sample(
-            route, variant, status, latency, ttft, bool(stream), None if cost is None else Decimal(cost), bool(judge)
-        )
+    for route, variant, status, latency, ttft, stream, cost, judge, verdict, opponent in conn.execute(sql, [since]):
+        money = None if cost is None else Decimal(cost)
+        yield Sample(route, variant, status, latency, ttft, bool(stream), money, bool(judge), verdict, opponent)
 
 
 def select_usage(conn: sqlite3.Connection, since: float, by: Sequence[str]) -> list[UsageRow]:

@@ -149,9 +149,57 @@ async def test_the_file_survives_a_restart(tmp_path):
         (usage,) = await second.usage(since=0, by=[])
         assert usage.calls == 15
         assert usage.cost_usd == Decimal("0.0000120") * 15
-        assert rows(path, "PRAGMA user_version") == [(1,)]
+        assert rows(path, "PRAGMA user_version") == [(2,)]
     finally:
         await second.aclose()
+
+
+V1_SCHEMA = """
+CREATE TABLE calls (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL, request_id TEXT NOT NULL, key_id TEXT, route TEXT, provider TEXT, model TEXT,
+    status INTEGER NOT NULL, cache_status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    latency_ms REAL NOT NULL, ttft_ms REAL, stream INTEGER NOT NULL,
+    input_tokens INTEGER, output_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
+    cost_usd TEXT, saved_usd TEXT, variant TEXT, error TEXT,
+    possibly_billed INTEGER NOT NULL, judge INTEGER NOT NULL, prompt_text TEXT, answer_text TEXT
+);
+CREATE TABLE attempts (
+    call_id INTEGER NOT NULL, request_id TEXT NOT NULL, n INTEGER NOT NULL,
+    provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER, outcome TEXT NOT NULL, error TEXT,
+    first_byte_ms REAL, duration_ms REAL, possibly_billed INTEGER NOT NULL,
+    PRIMARY KEY (call_id, n)
+) WITHOUT ROWID;
+INSERT INTO calls VALUES (1, 1767225600.0, 'old', 'team-a', 'trial', 'cerebras', 'llama3.1-8b', 200, 'MISS', 1,
+    12.5, NULL, 0, 100, 20, NULL, NULL, '0.000012', NULL, 'a', NULL, 0, 0, NULL, NULL);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_ledger_file_of_the_previous_schema_is_migrated_in_place(tmp_path):
+    path = str(tmp_path / "sluice.db")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+    ledger = SqliteLedger(path)
+    await ledger.start()
+    try:
+        [old], _ = await ledger.calls(limit=10)
+        assert (old.request_id, old.variant, old.cost_usd, old.verdict, old.opponent) == (
+            "old",
+            "a",
+            Decimal("0.000012"),
+            None,
+            None,
+        )
+        await record_all(ledger, [make_record(1, route="trial", judge=True, variant="a", opponent="b", verdict="win")])
+        [trial] = [row.as_dict() for row in await ledger.experiments(since=0)]
+        assert [(v["variant"], v["calls"], v["wins"], v["losses"]) for v in trial["variants"]] == [
+            ("a", 1, 1, 0),
+            ("b", 0, 0, 1),
+        ]
+    finally:
+        await ledger.aclose()
+    assert rows(path, "PRAGMA user_version") == [(2,)]
 
 
 def experiment_records() -> list[CallRecord]:
@@ -170,8 +218,12 @@ def experiment_records() -> list[CallRecord]:
                 cost_usd=None if i == 9 else Decimal("0.0000010") * (i % 5 + 1),
             )
         )
-    records.append(make_record(40, route="trial", variant="a", judge=True, cost_usd=Decimal("0.002")))
-    records.append(make_record(41, route="trial", judge=True, cost_usd=Decimal("0.0005")))
+    # Judge calls: the last of each judged pair carries the verdict (a beats b twice, one tie).
+    judge = {"route": "trial", "judge": True}
+    records.append(make_record(40, **judge, variant="a", opponent="b", verdict="win", cost_usd=Decimal("0.002")))
+    records.append(make_record(41, **judge, cost_usd=Decimal("0.0005")))
+    records.append(make_record(50, **judge, variant="b", opponent="a", verdict="loss", cost_usd=None))
+    records.append(make_record(51, **judge, variant="a", opponent="b", verdict="tie", cost_usd=None))
     records += [make_record(i) for i in range(42, 50)]  # not A/B: no variant
     return records
 
@@ -179,7 +231,9 @@ def experiment_records() -> list[CallRecord]:
 def expected_experiments(records: list[CallRecord], since: float) -> list[dict[str, Any]]:
     """What `experiments(since=since)` should report for `records`, counted by the shared report code."""
     samples = [
-        Sample(r.route, r.variant, r.status, r.latency_ms, r.ttft_ms, r.stream, r.cost_usd, r.judge)
+        Sample(
+            r.route, r.variant, r.status, r.latency_ms, r.ttft_ms, r.stream, r.cost_usd, r.judge, r.verdict, r.opponent
+        )
         for r in records
         if r.ts >= since and (r.variant is not None or r.judge)
     ]
@@ -203,7 +257,10 @@ async def test_experiments_report_ab_calls_and_judge_spend_and_survive_a_restart
         assert (a["variant"], a["calls"], a["errors"], b["variant"], b["calls"]) == ("a", 20, 1, "b", 20)
         assert a["latency_ms"]["p50"] > 0
         assert b["ttft_ms"]["p50"] == 3.2  # 3.25 ms, to 0.1 ms (banker's rounding)
-        assert (a["judged"], a["win_rate"], a["win_rate_95"]) == (0, None, None)
+        assert (a["judged"], a["wins"], a["losses"], a["ties"]) == (3, 2, 0, 1)
+        assert (b["judged"], b["wins"], b["losses"], b["ties"]) == (3, 0, 2, 1)
+        assert a["win_rate"] == round(2.5 / 3, 4)
+        assert b["win_rate_95"][0] < b["win_rate"] < a["win_rate"] < a["win_rate_95"][1]
         assert Decimal(trial["judge_usd"]) == Decimal("0.0025")
         later = [row.as_dict() for row in await second.experiments(since=T0 + 30)]
         assert later == expected_experiments(records, since=T0 + 30)
