@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from middleware.call import Call
 from middleware.errors import Forbidden, Unauthorized
-from middleware.headers import bearer_or_api_key
+from middleware.headers import admin_cookie, bearer_or_api_key
 from middleware.types import ASGIApp, Receive, Scope, Send
 
 ADMIN_TENANT = "admin"
@@ -28,7 +28,10 @@ class AuthOptions:
 
     keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     admin_key: str | None = field(default=None, repr=False)
-    public_paths: frozenset[str] = frozenset({"/healthz", "/readyz"})
+    # The dashboard's login form and what it shows before anyone has logged in (static, no data).
+    public_paths: frozenset[str] = frozenset(
+        {"/healthz", "/readyz", "/dashboard/login", "/dashboard/style.css", "/dashboard/favicon.svg"}
+    )
     admin_prefixes: tuple[str, ...] = ("/sluice/", "/metrics", "/dashboard")
 
 
@@ -81,12 +84,18 @@ class AuthMiddleware:
             call.client_key = presented
             call.tenant = anonymous_tenant(presented)
         else:
-            call.tenant = self._tenant(presented, admin_only=path.startswith(self.options.admin_prefixes))
+            admin_only = path.startswith(self.options.admin_prefixes)
+            if presented is None and admin_only:
+                # Navigating to /dashboard, a browser sends no bearer header: the dashboard's login keeps
+                # the admin key in an HttpOnly, SameSite=Strict cookie, read here for admin paths only.
+                presented = admin_cookie(scope)
+            call.tenant = self._tenant(presented, admin_only=admin_only)
         await self.app(scope, receive, send)
 
     def _tenant(self, presented: str | None, *, admin_only: bool) -> str:
         if presented is None:
-            raise Unauthorized("missing gateway key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")
+            hint = "; in a browser, log in at /dashboard/login" if admin_only else ""
+            raise Unauthorized(f"missing gateway key: send `Authorization: Bearer <key>` or `x-api-key: <key>`{hint}")
         digest = _digest(presented)
         if self._admin_digest is not None and hmac.compare_digest(digest, self._admin_digest):
             return ADMIN_TENANT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from urllib.parse import unquote
 
 from middleware.errors import InvalidRequest
 from middleware.types import Headers, Scope
@@ -11,6 +12,7 @@ from middleware.types import Headers, Scope
 # Request headers (lower-case, as ASGI delivers them).
 AUTHORIZATION = b"authorization"
 X_API_KEY = b"x-api-key"
+COOKIE = b"cookie"
 REQUEST_ID = b"x-request-id"
 SLUICE_CACHE = b"x-sluice-cache"
 SLUICE_CACHE_TTL = b"x-sluice-cache-ttl"
@@ -18,6 +20,9 @@ SLUICE_ROUTE = b"x-sluice-route"
 SLUICE_FALLBACK = b"x-sluice-fallback"
 SLUICE_RACE = b"x-sluice-race"
 SLUICE_SUBJECT = b"x-sluice-subject"
+
+# The cookie the dashboard's login form sets (proxy/dashboard): the admin key, percent-encoded.
+ADMIN_COOKIE = "sluice_admin"
 
 # Response headers.
 SLUICE_PROVIDER = b"x-sluice-provider"
@@ -87,6 +92,22 @@ def bearer_or_api_key(scope: Scope) -> str | None:
     api_key = header(scope, X_API_KEY)
     if api_key:
         return api_key.decode("latin-1").strip() or None
+    return None
+
+
+def admin_cookie(scope: Scope) -> str | None:
+    """The credential in the `sluice_admin` cookie (the dashboard's login), or None.
+
+    Only AuthMiddleware reads it, and only on admin paths: a browser cannot
+    send a bearer header when it navigates to /dashboard.
+    """
+    for key, value in scope["headers"]:
+        if key != COOKIE:
+            continue
+        for part in value.decode("latin-1").split(";"):
+            name, equals, text = part.strip().partition("=")
+            if equals and name == ADMIN_COOKIE:
+                return unquote(text.strip()) or None
     return None
 
 

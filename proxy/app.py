@@ -25,6 +25,7 @@ from proxy.anthropic.messages import MessagesMiddleware
 from proxy.budget_store import BudgetStore, MemoryBudgetStore
 from proxy.budgets import BudgetMiddleware, Budgets, KeyBudget
 from proxy.config import Config, load_config
+from proxy.dashboard import dashboard_endpoints
 from proxy.experiments.judge import Judge, JudgeSettings
 from proxy.experiments.middleware import ABMiddleware
 from proxy.forwarder import Forwarder, ForwarderOptions
@@ -100,6 +101,7 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
             ("GET", "/sluice/usage"): views.usage_view(ledger),
             ("GET", "/sluice/experiments"): views.experiments_view(ledger, judge),
             ("GET", "/metrics"): views.metrics_view(metrics),
+            **dashboard_endpoints(config.auth.admin_key if config.auth is not None else None),
         },
         gateway=gateway,
         lifespan=make_lifespan(

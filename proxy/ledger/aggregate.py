@@ -29,6 +29,15 @@ def utc_day(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
+# The finer time buckets `usage(by=...)` may group by, as ISO UTC times (the dashboard's spend over time).
+TIME_BUCKETS = {"hour": "%Y-%m-%dT%H:00Z", "minute": "%Y-%m-%dT%H:%MZ"}
+
+
+def utc_bucket(dim: str, ts: float) -> str:
+    """The UTC hour ("2026-01-31T14:00Z") or minute ("2026-01-31T14:05Z") of a wall-clock time."""
+    return time.strftime(TIME_BUCKETS[dim], time.gmtime(ts))
+
+
 def group_values(rec: CallRecord, by: Sequence[str]) -> tuple[str | None, ...]:
     """The values of `rec` for the dimensions `by`, in that order."""
     values: list[str | None] = []
@@ -37,6 +46,8 @@ def group_values(rec: CallRecord, by: Sequence[str]) -> tuple[str | None, ...]:
             values.append(rec.key_id)
         elif dim == "day":
             values.append(utc_day(rec.ts))
+        elif dim in TIME_BUCKETS:
+            values.append(utc_bucket(dim, rec.ts))
         else:
             values.append(getattr(rec, dim))
     return tuple(values)

@@ -14,7 +14,7 @@ from proxy.experiments.report import ExperimentRow
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.record import CallRecord
 
-DIMENSIONS = ("provider", "model", "key", "route", "day")  # what `usage(by=...)` may group by
+DIMENSIONS = ("provider", "model", "key", "route", "day", "hour", "minute")  # what `usage(by=...)` may group by
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000  # a page of `calls()`; views should cap what clients ask for to this
 DEFAULT_MAX_PENDING = 100_000  # records held in memory while the store cannot take them; then dropped and counted

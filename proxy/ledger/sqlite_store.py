@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.experiments.report import Sample
-from proxy.ledger.aggregate import ZERO, UsageRow, sort_key, utc_day
+from proxy.ledger.aggregate import ZERO, UsageRow, sort_key, utc_bucket, utc_day
 from proxy.ledger.record import AttemptRow, CallRecord
 
 SCHEMA_VERSION = 2
@@ -68,7 +68,15 @@ _INSERT_CALL = f"INSERT INTO calls (id, {', '.join(CALL_COLUMNS)}) VALUES (?{', 
 _INSERT_TRY = (
     f"INSERT INTO attempts (call_id, request_id, {', '.join(TRY_COLUMNS)}) VALUES (?, ?{', ?' * len(TRY_COLUMNS)})"
 )
-_DIMENSION_SQL = {"provider": "provider", "model": "model", "key": "key_id", "route": "route", "day": "utc_day(ts)"}
+_DIMENSION_SQL = {
+    "provider": "provider",
+    "model": "model",
+    "key": "key_id",
+    "route": "route",
+    "day": "utc_day(ts)",
+    "hour": "utc_bucket('hour', ts)",
+    "minute": "utc_bucket('minute', ts)",
+}
 
 
 def connect_writer(path: str) -> sqlite3.Connection:
@@ -110,6 +118,7 @@ def connect_reader(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
     conn.execute("PRAGMA query_only = ON")
     conn.create_function("utc_day", 1, utc_day, deterministic=True)
+    conn.create_function("utc_bucket", 2, utc_bucket, deterministic=True)
     conn.create_aggregate("decimal_sum", 1, _DecimalSum)  # type: ignore[arg-type]  # typeshed: int in, int out
     return conn
 
