@@ -37,16 +37,24 @@ from proxy.ordering_middleware import OrderingMiddleware
 from proxy.pricing import PriceTable
 from proxy.routing import Router, RoutingMiddleware
 from proxy.scrub import Scrubber
+from proxy.shutdown import Drain
 
 logger = logging.getLogger("sluice")
 
 
-def build_app(config: Config | None = None, *, upstream: Upstream | None = None, tune_gc: bool = False) -> ASGIApp:
+def build_app(
+    config: Config | None = None,
+    *,
+    upstream: Upstream | None = None,
+    tune_gc: bool = False,
+    drain_on_signals: bool = False,
+) -> ASGIApp:
     """The gateway as one ASGI app. `config` defaults to the embedded defaults plus provider keys from the env.
 
     The stack, outermost first:
         ErrorMiddleware    request id, X-Sluice-Cache, every failure in the contract's shape
         LedgerMiddleware   every /v1/ call timed, priced, recorded (cache hits and failures too)
+        Drain              with drain_on_signals (`sluice serve`): SIGINT/SIGTERM drain calls in flight
         AuthMiddleware     gateway key -> tenant, or pass-through identity
         Endpoints          /healthz /readyz /v1/models, else /v1/... into the gateway below
         CacheMiddleware    opt-in lookup, single-flight, store of complete answers (memory or Redis)
@@ -119,6 +127,8 @@ def build_app(config: Config | None = None, *, upstream: Upstream | None = None,
         ),
     )
     app = AuthMiddleware(app, auth_options(config))
+    if drain_on_signals:  # inside the ledger, so a call cut at the drain deadline is still recorded
+        app = Drain(app, config.server.drain_s, on_signals=True)
     app = LedgerMiddleware(
         app,
         ledger,

@@ -17,6 +17,7 @@ from middleware.types import ASGIApp, Receive, Scope, Send
 from proxy.app import build_app
 from proxy.config import ConfigError, describe, load_config
 from proxy.ledger.base import check_dimensions
+from proxy.shutdown import GracefulServer, graceful_timeout_s
 
 # Hands the config path to worker processes, which import the app afresh.
 _CONFIG_PATH_VAR = "SLUICE_CONFIG_PATH"
@@ -93,22 +94,25 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(path)
     host = args.host or config.server.host
     port = args.port or config.server.port
-    options = _uvicorn_options(host, port)
+    options = _uvicorn_options(host, port, config.server.drain_s)
     if args.workers > 1:
         if path is not None:
             os.environ[_CONFIG_PATH_VAR] = str(Path(path).resolve())
+        # uvicorn's supervisor sends each worker SIGTERM, and each drains on its own (proxy.shutdown);
+        # the supervisor, the process a service manager watches, exits 0 once they are done.
         uvicorn.run("proxy.cli:app_from_environment", factory=True, workers=args.workers, **options)
-    else:
-        uvicorn.run(build_app(config, tune_gc=True), **options)
-    return 0
+        return 0
+    server = GracefulServer(uvicorn.Config(build_app(config, tune_gc=True, drain_on_signals=True), **options))
+    server.run()
+    return 0 if server.started else uvicorn.config.STARTUP_FAILURE
 
 
 def app_from_environment() -> ASGIApp:
     """The app factory each worker process calls (`serve --workers N`)."""
-    return build_app(load_config(os.environ.get(_CONFIG_PATH_VAR)), tune_gc=True)
+    return build_app(load_config(os.environ.get(_CONFIG_PATH_VAR)), tune_gc=True, drain_on_signals=True)
 
 
-def _uvicorn_options(host: str, port: int) -> dict[str, Any]:
+def _uvicorn_options(host: str, port: int, drain_s: float) -> dict[str, Any]:
     # uvloop + httptools, no access log: PERF-NOTES.md's fastest measured setup.
     return {
         "host": host,
@@ -119,7 +123,7 @@ def _uvicorn_options(host: str, port: int) -> dict[str, Any]:
         "server_header": False,
         "proxy_headers": False,  # nothing reads the client address; saves ~2% CPU per request
         "lifespan": "on",
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": graceful_timeout_s(drain_s),  # past the drain deadline: the drain decides
         "log_config": log_config(),
     }
 
@@ -147,7 +151,8 @@ def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import FakeProvider  # imported here: `serve` never needs it
 
     print(demo_banner(base))
-    uvicorn.run(DemoApp(build_app(config), FakeProvider()), **_uvicorn_options(args.host, args.port))
+    options = _uvicorn_options(args.host, args.port, config.server.drain_s)
+    uvicorn.run(DemoApp(build_app(config), FakeProvider()), **options)
     return 0
 
 

@@ -128,12 +128,13 @@ def _prices(t: Table, providers: Mapping[str, ProviderConfig]) -> dict[str, Pric
 
 
 def _server(t: Table) -> ServerConfig:
-    t.only("host", "port", "max_body_bytes")
+    t.only("host", "port", "max_body_bytes", "drain_s")
     d = ServerConfig()
     return ServerConfig(
         host=t.string("host", d.host),
         port=t.integer("port", d.port, lo=1, hi=65535),
         max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes),
+        drain_s=t.number("drain_s", d.drain_s, lo_open=False),  # 0: cut every call at once
     )
 
 

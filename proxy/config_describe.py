@@ -24,7 +24,8 @@ def describe(config: Config) -> str:
     server, cache, timeouts, retry, ledger = config.server, config.cache, config.timeouts, config.retry, config.ledger
     lines = [
         f"config:   {config.path or '(none: built-in defaults and environment)'}",
-        f"server:   {server.host}:{server.port}, request bodies up to {server.max_body_bytes} bytes",
+        f"server:   {server.host}:{server.port}, request bodies up to {server.max_body_bytes} bytes, "
+        f"shutdown drains up to {server.drain_s:g}s",
         *_auth_lines(config.auth),
         f"redis:    {_redis_line(config.redis)}",
         f"cache:    ttl {cache.default_ttl_s:g}s, memory budget {cache.max_bytes} bytes, "

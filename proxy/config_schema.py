@@ -31,11 +31,12 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """``[server]``: where the gateway listens and how large a request body may be."""
+    """``[server]``: where the gateway listens, how large a request body may be, how long a shutdown drains."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10_485_760
+    drain_s: float = 20  # on SIGTERM/SIGINT, calls in flight get this long to finish (proxy.shutdown)
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,7 @@ def test_defaults_with_no_file():
     config = load_config(env={})
     assert config.path is None
     assert (config.server.host, config.server.port, config.server.max_body_bytes) == ("127.0.0.1", 8080, 10_485_760)
+    assert config.server.drain_s == 20
     assert config.auth is None
     assert config.redis is None
     assert config.cache == CacheConfig(default_ttl_s=3600, max_bytes=268_435_456, max_entry_bytes=4_194_304)
@@ -193,6 +194,11 @@ def test_defaults_with_no_file():
     assert dict(config.routes) == {}
     assert dict(config.prices) == {}
     assert config.secrets() == ()
+
+
+@pytest.mark.parametrize(("value", "drain_s"), [("0", 0), ("2.5", 2.5), ("45", 45)])
+def test_drain_s_takes_zero_and_any_finite_number_of_seconds(tmp_path, value, drain_s):
+    assert load(tmp_path, f"[server]\ndrain_s = {value}\n").server.drain_s == drain_s
 
 
 def test_empty_file_gives_the_defaults(tmp_path):
@@ -288,6 +294,9 @@ def test_auto_strategy_route_and_hedge_auto(tmp_path):
         ("[server]\nport = 65536\n", "server.port", "between 1 and 65535"),
         ('[server]\nhost = ""\n', "server.host", "must not be empty"),
         ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes", ">= 1"),
+        ("[server]\ndrain_s = -1\n", "server.drain_s", ">= 0"),
+        ('[server]\ndrain_s = "20s"\n', "server.drain_s", "finite number, not a string"),
+        ("[server]\ndrain_s = inf\n", "server.drain_s", "finite number"),
         ("[cache]\ndefault_ttl_s = 0\n", "cache.default_ttl_s", "> 0"),
         ("[cache]\ndefault_ttl_s = nan\n", "cache.default_ttl_s", "finite number"),
         ("[cache]\nmax_bytes = 10\nmax_entry_bytes = 20\n", "cache.max_entry_bytes", "<= max_bytes"),
