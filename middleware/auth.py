@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -54,6 +55,28 @@ def _anon_tenant(presented: str) -> str:
     return "anon:" + _digest(presented).hex()[:32]
 
 
+def session_token(admin_key: str, expires: int) -> str:
+    """A dashboard session that ends at `expires` (Unix seconds): `<expires>.<HMAC-SHA256 of it under the admin key>`.
+
+    The browser holds this, never the admin key: a leaked cookie opens the
+    admin views until it expires and cannot be turned back into the key.
+    Stateless, so every replica checks it alike; changing the admin key ends
+    every session.
+    """
+    mac = hmac.new(admin_key.encode("utf-8", "surrogateescape"), f"sluice-dashboard:{expires}".encode(), "sha256")
+    return f"{expires}.{mac.hexdigest()}"
+
+
+def valid_session(admin_key: str, token: str, now: float | None = None) -> bool:
+    """Whether `token` is a `session_token` of `admin_key` that has not expired."""
+    expires, _, _ = token.partition(".")
+    if not expires.isdigit() or int(expires) <= (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(
+        token.encode("utf-8", "surrogateescape"), session_token(admin_key, int(expires)).encode()
+    )
+
+
 class AuthMiddleware:
     """Sets `call.tenant` from the presented key, or answers 401/403."""
 
@@ -85,12 +108,20 @@ class AuthMiddleware:
             call.tenant = anonymous_tenant(presented)
         else:
             admin_only = path.startswith(self.options.admin_prefixes)
-            if presented is None and admin_only:
-                # Navigating to /dashboard, a browser sends no bearer header: the dashboard's login keeps
-                # the admin key in an HttpOnly, SameSite=Strict cookie, read here for admin paths only.
-                presented = admin_cookie(scope)
-            call.tenant = self._tenant(presented, admin_only=admin_only)
+            session = admin_cookie(scope) if presented is None and admin_only else None
+            if session is not None:
+                # Navigating to /dashboard, a browser sends no bearer header: the dashboard's login left a
+                # session in an HttpOnly, SameSite=Strict cookie, read here for admin paths only.
+                call.tenant = self._session_tenant(session)
+            else:
+                call.tenant = self._tenant(presented, admin_only=admin_only)
         await self.app(scope, receive, send)
+
+    def _session_tenant(self, session: str) -> str:
+        admin = self.options.admin_key
+        if admin is None or not valid_session(admin, session):
+            raise Unauthorized("the dashboard session is not valid or has ended: log in again at /dashboard/login")
+        return ADMIN_TENANT
 
     def _tenant(self, presented: str | None, *, admin_only: bool) -> str:
         if presented is None:

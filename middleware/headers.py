@@ -21,7 +21,7 @@ SLUICE_FALLBACK = b"x-sluice-fallback"
 SLUICE_RACE = b"x-sluice-race"
 SLUICE_SUBJECT = b"x-sluice-subject"
 
-# The cookie the dashboard's login form sets (proxy/dashboard): the admin key, percent-encoded.
+# The cookie the dashboard's login form sets (proxy/dashboard): a session token (middleware.auth.session_token).
 ADMIN_COOKIE = "sluice_admin"
 
 # Response headers.

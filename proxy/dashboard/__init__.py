@@ -7,9 +7,10 @@ third-party code). It holds no data; `app.js` fetches the JSON views
 
 Auth. A browser cannot send a bearer header when it navigates, so with
 [auth] on, `/dashboard/login` (a public path) shows a form; a POST of the
-admin key sets it in the `sluice_admin` cookie (HttpOnly: no script can read
-it; SameSite=Strict: no other site can make the browser send it; Secure over
-https) and redirects to /dashboard. AuthMiddleware reads that cookie on admin
+admin key sets a 12-hour session (`middleware.auth.session_token`: signed with
+the admin key, never the key itself) in the `sluice_admin` cookie (HttpOnly:
+no script can read it; SameSite=Strict: no other site can make the browser
+send it; Secure over https) and redirects to /dashboard. AuthMiddleware reads that cookie on admin
 paths only (/dashboard, /sluice/, /metrics), so the page and the views it
 fetches take the same credential, and the cookie never authorizes a /v1/
 call. Without it, /dashboard is a 401 in the gateway's error shape, and a
@@ -24,9 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from importlib.resources import files
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
+from middleware.auth import session_token
 from middleware.body import read_body
 from middleware.headers import ADMIN_COOKIE
 from middleware.types import ASGIApp, Headers, Receive, Scope, Send
@@ -111,8 +114,8 @@ def _login(admin_key: str | None) -> ASGIApp:
             return
         presented = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[-1].strip()
         # Compared as digests in constant time, as AuthMiddleware does: the time taken says nothing of the key.
-        if presented and hmac.compare_digest(_digest(presented), admin_digest):
-            cookie = _cookie(quote(presented, safe=""), SESSION_S, scope)
+        if admin_key is not None and presented and hmac.compare_digest(_digest(presented), admin_digest):
+            cookie = _cookie(session_token(admin_key, int(time.time()) + SESSION_S), SESSION_S, scope)
             await _respond(send, 303, headers=[(b"location", PAGE.encode()), cookie])
         else:
             await _respond(send, 401, refused_page, [(b"content-type", _HTML)])

@@ -188,7 +188,7 @@ def test_a_visit_without_the_admin_key_is_refused_and_shows_no_data(gateway, bro
     # Nor does a tenant key get in by any other way the page or its views accept.
     tenant = {"authorization": f"Bearer {TEAM_A_KEY}"}
     assert httpx.get(url + "/dashboard", headers=tenant).status_code == 403
-    assert httpx.get(url + "/sluice/usage", headers={"cookie": f"sluice_admin={TEAM_A_KEY}"}).status_code == 403
+    assert httpx.get(url + "/sluice/usage", headers={"cookie": f"sluice_admin={TEAM_A_KEY}"}).status_code == 401
     assert httpx.get(url + "/sluice/calls").status_code == 401
 
     # A session that ends while the page is open: the next refresh clears the page.

@@ -1,16 +1,18 @@
-"""The dashboard's admin cookie: read by AuthMiddleware on admin paths only, as the same credential as a bearer."""
+"""The dashboard's session cookie: read by AuthMiddleware on admin paths only; a signed, expiring token, not the key."""
 
 import json
+import time
 
 import pytest
 
-from middleware.auth import AuthMiddleware, AuthOptions
+from middleware.auth import AuthMiddleware, AuthOptions, session_token, valid_session
 from middleware.boundary import ErrorMiddleware
 from middleware.call import Call
 from middleware.headers import admin_cookie
 
 OPTIONS = AuthOptions(keys={"gk-team-a": "team-a"}, admin_key="gk-admin;=%")
-ADMIN_COOKIE = (b"cookie", b"theme=dark; sluice_admin=gk-admin%3B%3D%25; other=1")
+SESSION = session_token("gk-admin;=%", int(time.time()) + 3600)
+ADMIN_COOKIE = (b"cookie", f"theme=dark; sluice_admin={SESSION}; other=1".encode())
 
 
 async def no_body():
@@ -37,7 +39,8 @@ async def answer(path, *headers, options=OPTIONS):
 
 
 def test_the_cookie_is_found_among_others_and_percent_decoded():
-    assert admin_cookie({"headers": [ADMIN_COOKIE]}) == "gk-admin;=%"
+    assert admin_cookie({"headers": [ADMIN_COOKIE]}) == SESSION
+    assert admin_cookie({"headers": [(b"cookie", b"sluice_admin=a%3Bb")]}) == "a;b"
     assert admin_cookie({"headers": [(b"cookie", b"a=1"), (b"cookie", b"sluice_admin=k")]}) == "k"
     assert admin_cookie({"headers": [(b"cookie", b"sluice_admin=")]}) is None
     assert admin_cookie({"headers": [(b"cookie", b"xsluice_admin=k")]}) is None
@@ -58,9 +61,29 @@ async def test_the_admin_cookie_never_authorizes_a_v1_call():
 
 
 @pytest.mark.anyio
-async def test_a_tenant_key_in_the_cookie_is_still_refused_on_admin_paths():
-    status, body, _ = await answer("/dashboard", (b"cookie", b"sluice_admin=gk-team-a"))
-    assert (status, body["error"]["type"]) == (403, "permission_error")
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "gk-team-a",  # a key, not a session
+        "gk-admin;=%",  # even the admin key itself: the cookie only ever holds a session
+        session_token("gk-admin;=%", int(time.time()) - 1),  # expired
+        session_token("another-admin-key", int(time.time()) + 3600),  # signed by another key
+        SESSION.replace(SESSION.split(".")[0], str(int(time.time()) + 10**6)),  # expiry pushed out
+    ],
+)
+async def test_anything_but_a_live_session_in_the_cookie_is_refused(cookie):
+    status, body, _ = await answer("/dashboard", (b"cookie", f"sluice_admin={cookie}".encode()))
+    assert (status, body["error"]["type"]) == (401, "authentication_error")
+    assert "/dashboard/login" in body["error"]["message"]
+
+
+def test_a_session_is_valid_until_it_expires():
+    token = session_token("k", 1000)
+    assert valid_session("k", token, now=999.0)
+    assert not valid_session("k", token, now=1000.0)
+    assert not valid_session("other", token, now=999.0)
+    assert not valid_session("k", "garbage", now=0.0)
+    assert "k" not in token.split(".", 1)[1]  # the token is a MAC, the key is not in it
 
 
 @pytest.mark.anyio

@@ -5,6 +5,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from middleware.auth import valid_session
 from middleware.errors import BodyTooLarge
 from proxy.dashboard import MAX_FORM_BYTES, dashboard_endpoints
 
@@ -50,13 +51,16 @@ async def test_the_page_has_no_inline_script_or_style_and_loads_nothing_from_els
     assert "http" not in html.replace('xmlns="http://www.w3.org', "")
 
 
-async def test_the_admin_key_logs_in_with_an_httponly_strict_cookie():
+async def test_the_admin_key_logs_in_with_an_httponly_strict_session_cookie():
     async with client() as http:
         response = await http.post("/dashboard/login", data={"key": ADMIN_KEY})
     assert response.status_code == 303
     assert response.headers["location"] == "/dashboard"
     cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"sluice_admin={quote(ADMIN_KEY, safe='')};")
+    token = cookie.removeprefix("sluice_admin=").split(";")[0]
+    assert valid_session(ADMIN_KEY, token)  # a signed session, not the key
+    assert quote(ADMIN_KEY, safe="") not in cookie
+    assert ADMIN_KEY not in cookie
     for attribute in ("Path=/", "HttpOnly", "SameSite=Strict", "Max-Age=43200"):
         assert attribute in cookie
     assert "Secure" not in cookie  # plain http on loopback: a Secure cookie would never be sent back
