@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="the cost table from the ledger the config names")
     usage.add_argument("--config", help="TOML config file (default: ./sluice.toml when present)")
     usage.add_argument("--since", default="24h", help="a window like 24h, 7d, 30m, or a date (default 24h)")
-    usage.add_argument("--by", default="provider,model", help="comma list of provider, model, key, route, day")
+    usage.add_argument(
+        "--by", default="provider,model", help="comma list of provider, model, key, route, day, hour, minute"
+    )
     usage.set_defaults(run=_usage)
     return parser
 
