@@ -6,6 +6,7 @@ Two requests only when a provider refuses `stream_options`: see `proxy.stream_op
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from proxy.lifespan import Upstream
 from proxy.relay import Relay, cancel_on_disconnect
 from proxy.upstream_headers import upstream_headers
 from proxy.upstream_request import upstream_body, upstream_url
+
+LARGE_BODY_BYTES = 1024 * 1024  # aiohttp's own line (payload.TOO_LARGE_BYTES_BODY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +137,10 @@ class Forwarder:
         target = relay.target
         try:
             async with asyncio.timeout_at(min(end, loop.time() + opts.first_byte_s)) as deadline:
+                # Over 1 MiB aiohttp writes raw bytes in one go (and warns); a BytesIO goes out in chunks.
+                data = io.BytesIO(payload) if len(payload) > LARGE_BODY_BYTES else payload
                 response = await self.upstream.session().request(
-                    method, url, data=payload, headers=headers, allow_redirects=False, timeout=self._client_timeout
+                    method, url, data=data, headers=headers, allow_redirects=False, timeout=self._client_timeout
                 )
                 try:
                     await relay.run(response, lambda: deadline.reschedule(min(end, loop.time() + opts.idle_s)))

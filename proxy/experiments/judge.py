@@ -44,7 +44,7 @@ from proxy.experiments.judge_prompt import conversation_text, judge_body, parse_
 
 QUEUE_SIZE = 64  # samples waiting; more are dropped (and counted) rather than delaying anyone
 WORKERS = 2  # samples judged at once, each 3 upstream calls in a row
-MAX_ANSWER_BYTES = 1024 * 1024  # a served answer longer than this is not kept for judging
+MAX_SAMPLE_BYTES = 1024 * 1024  # a request or answer longer than this is not judged (the queue holds both)
 JUDGED_PATHS = ("/v1/chat/completions", "/v1/messages")
 CHAT_PATH = "/v1/chat/completions"
 

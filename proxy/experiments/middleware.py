@@ -22,7 +22,7 @@ from middleware.headers import SLUICE_CACHE, SLUICE_CACHE_TTL, SLUICE_SUBJECT, S
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.experiments.answer_text import answer_text
 from proxy.experiments.assign import pick, subject_of
-from proxy.experiments.judge import JUDGED_PATHS, MAX_ANSWER_BYTES, Judge, JudgeCall, JudgeSample
+from proxy.experiments.judge import JUDGED_PATHS, MAX_SAMPLE_BYTES, Judge, JudgeCall, JudgeSample
 
 _CACHE_HEADERS = (SLUICE_CACHE, SLUICE_CACHE_TTL, CACHE_CONTROL)  # what the other variant's ask copies
 
@@ -55,6 +55,7 @@ class ABMiddleware:
             if judge is not None
             and call.internal is None
             and scope["path"] in JUDGED_PATHS
+            and len(call.body or b"") <= MAX_SAMPLE_BYTES  # a queue of 64 samples must stay small
             and judge.samples(route.name)
             else None
         )
@@ -101,7 +102,7 @@ def _pinned(call: Call, route: str, variants: tuple[Variant, ...]) -> Variant | 
 
 
 class _AnswerCopy:
-    """The bytes of a successful answer as they go to the caller, up to `MAX_ANSWER_BYTES`."""
+    """The bytes of a successful answer as they go to the caller, up to `MAX_SAMPLE_BYTES`."""
 
     def __init__(self) -> None:
         self.ok = False
@@ -118,7 +119,7 @@ class _AnswerCopy:
         elif message["type"] == "http.response.body" and self.ok:
             chunk: bytes = message.get("body", b"")
             self._size += len(chunk)
-            if self._size > MAX_ANSWER_BYTES:
+            if self._size > MAX_SAMPLE_BYTES:
                 self.ok = False
                 self._chunks.clear()
                 return

@@ -326,3 +326,13 @@ def test_calls_through_the_messages_api_are_judged_too(gateway):
     assert wait_until(lambda: gw.queue()["judged"] == 2, timeout=10), gw.queue()
     assert wait_until(lambda: sum(v["judged"] for v in gw.variants().values()) == 4)  # each pair counts for both
     assert sum(v["wins"] for v in gw.variants().values()) == 2
+
+
+def test_a_request_over_a_mebibyte_is_answered_but_not_judged(gateway):
+    gw = gateway("fair")
+    big = [{"role": "user", "content": "x" * (1024 * 1024)}]
+    answer = gw.client.chat.completions.create(model="trial", messages=big).choices[0].message.content
+    assert answer in ("GOOD answer", "meh answer")
+    ask(gw, "small")  # a normal call right after is judged: the sampler itself is on
+    assert wait_until(lambda: gw.queue()["judged"] == 1, timeout=10), gw.queue()
+    assert gw.queue()["sampled"] == 1
