@@ -5,12 +5,17 @@ replicas): calls, upstream tries, fallbacks, 429s, cache outcomes, cost and
 saved cost, latency and time to first token. Label values come from the
 config and the catalog (provider, model, key id) and are capped, so
 pass-through keys (one id per client key) cannot grow the series for ever.
-No key appears here, only key ids.
+No key appears here, only key ids. Three gauges are read at scrape time, not
+per call: live asyncio tasks, and the process's RSS and open fds (Linux), so a
+soak (bench/soak.py, RELIABILITY 28) can watch for leaks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 from decimal import Decimal
@@ -86,6 +91,7 @@ class Metrics:
                     lines.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {running}")
                 lines.append(f"{name}_sum{_labels(labels)} {histogram.total:g}")
                 lines.append(f"{name}_count{_labels(labels)} {running}")
+        lines.extend(_process_gauges())
         return "\n".join(lines) + "\n"
 
     def _add(self, name: str, labels: Labels, amount: float = 1.0) -> None:
@@ -105,6 +111,22 @@ class Metrics:
         if histogram is None:
             histogram = series[labels] = _Histogram()
         histogram.observe(seconds)
+
+
+def _process_gauges() -> list[str]:
+    """`sluice_asyncio_tasks` (on an event loop), `process_resident_memory_bytes` and `process_open_fds` (Linux)."""
+    lines: list[str] = []
+    with contextlib.suppress(RuntimeError):  # RuntimeError: no running loop (render() called outside one)
+        lines += ["# TYPE sluice_asyncio_tasks gauge", f"sluice_asyncio_tasks {len(asyncio.all_tasks())}"]
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError):  # not Linux
+        return lines
+    lines += ["# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss}"]
+    lines += ["# TYPE process_open_fds gauge", f"process_open_fds {fds}"]
+    return lines
 
 
 def _capped(series: Mapping[Labels, object], labels: Labels) -> Labels:
