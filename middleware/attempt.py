@@ -8,10 +8,14 @@ start is held until the first body byte (or the end of a body). At that point:
 - anything else commits: the held start and the body go out, and the rest
   streams straight through.
 
-A racer's attempt (`until="content"`) holds longer, so that only a real answer
-wins a race (SPEC §8): an SSE stream until its first chunk that is more than
-comments (keep-alives), a plain body until its end; and it commits only if
-`may_commit()` says it is the first to get there.
+A fallback's attempt (`until="json_body"`) holds a JSON body until its end, so a
+body cut halfway (the provider's connection dropped after its 200) is a failed
+try the strategy can move on from, not a 502 to the client: nothing had reached
+it. A racer's attempt (`until="content"`) holds longer, so that only a real
+answer wins a race (SPEC §8): an SSE stream until its first chunk that is more
+than comments (keep-alives), a plain body until its end; and it commits only if
+`may_commit()` says it is the first to get there. Either holds at most
+`HOLD_BYTES`, then commits (a longer body streams on as it comes).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from middleware.types import Headers, Message, Send
 # SPEC §8: fall back on these; 400/413/422 mean "your request is wrong" and are returned as sent.
 RETRIABLE_STATUSES = frozenset({401, 403, 404, 408, 409, 429, *range(500, 600)})
 _KEPT_BYTES = 64 * 1024
+HOLD_BYTES = 4 * 1024 * 1024  # what an attempt holds before its commit point, at most
 
 
 class LostRace(Exception):
@@ -38,12 +43,12 @@ class Attempt:
         send: Send,
         retriable: frozenset[int] = RETRIABLE_STATUSES,
         *,
-        until: Literal["first_byte", "content"] = "first_byte",
+        until: Literal["first_byte", "json_body", "content"] = "first_byte",
         may_commit: Callable[[], bool] | None = None,
     ) -> None:
         self._send = send
         self._retriable = retriable
-        self._until_content = until == "content"
+        self._until = until
         self._may_commit = may_commit
         self.start: Message | None = None
         self.committed = False
@@ -51,7 +56,8 @@ class Attempt:
         self.ended = False  # the last body message went out
         self._kept: list[bytes] = []
         self._kept_size = 0
-        self._early: list[bytes] = []  # held before the commit point (racers only)
+        self._early: list[bytes] = []  # held before the commit point
+        self._early_size = 0
         self.complete = False
 
     @property
@@ -87,8 +93,9 @@ class Attempt:
             self.failed = True
             self._keep(chunk, more=more)
             return
-        if self._until_content and more and self._before_content(chunk):
+        if more and self._holds(chunk):
             self._early.append(chunk)
+            self._early_size += len(chunk)
             return
         if self._may_commit is not None and not self._may_commit():
             raise LostRace
@@ -100,11 +107,17 @@ class Attempt:
         self.ended = not more
         await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
 
-    def _before_content(self, chunk: bytes) -> bool:
-        """Still short of a racer's commit point: a plain body not yet whole, or SSE comments only."""
-        if not self._is_sse():
-            return True
-        return all(not line or line.startswith(b":") for line in b"".join((*self._early, chunk)).splitlines())
+    def _holds(self, chunk: bytes) -> bool:
+        """Still short of the commit point (more of the body is coming, and less than `HOLD_BYTES` is held)."""
+        if self._until == "first_byte" or self._early_size + len(chunk) > HOLD_BYTES:
+            return False
+        if self._is_sse():  # a racer waits for content; a fallback's stream goes out at its first byte
+            lines = b"".join((*self._early, chunk)).splitlines()
+            return self._until == "content" and all(not line or line.startswith(b":") for line in lines)
+        return self._until == "content" or self._is_json()
+
+    def _is_json(self) -> bool:
+        return any(k == b"content-type" and v.startswith(b"application/json") for k, v in self.headers)
 
     def _is_sse(self) -> bool:
         return any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in self.headers)

@@ -25,9 +25,9 @@ class FallbackOptions:
 class FallbackMiddleware:
     """Re-runs the inside once per target of `call.route` until an attempt commits.
 
-    Each attempt holds its response start until its first body byte (see
-    `Attempt`), so a target that fails before that costs the client nothing but
-    time. Targets cooling down or ejected are skipped (see `TargetHealth.plan`),
+    Each attempt holds its response start until its first body byte, and a JSON
+    body until its end (see `Attempt`), so a target that fails before that costs
+    the client nothing but time. Targets cooling down or ejected are skipped (see `TargetHealth.plan`),
     every try after the first needs the retry budget, and all tries share the
     call's deadline. After every target failed: with a single try, that
     target's own answer is relayed as it came (there was nothing to fall back
@@ -75,7 +75,7 @@ class FallbackMiddleware:
             if retrying and not budget.acquire():
                 failures.append((target, None, TargetUnavailable("the retry budget is spent")))
                 break
-            attempt = Attempt(send, self.options.retriable)
+            attempt = Attempt(send, self.options.retriable, until="json_body")
             try:
                 await self.app(scope, receive, attempt.send)
             except UpstreamError as exc:

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from proxy.demo import FakeProvider
+from tests.integration.conftest import wait_until
 from tests.servers import serve
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -74,6 +75,21 @@ def test_a_failure_after_the_first_byte_ends_the_stream_and_does_not_fall_back(g
     assert "[DONE]" not in events
     assert "error" in json.loads(events[-1])
     assert live.fake.count() == 1
+
+
+def test_a_json_answer_cut_halfway_falls_back_since_nothing_reached_the_client(gateway_factory):
+    # The provider answers 200 and drops the connection inside the body: the attempt held the
+    # body, so the client gets the next target's whole answer, not a 502.
+    live = gateway_factory(route("fake/cut-after-1", "fake/echo"))
+    response = chat(live)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Hello from the fake provider."
+    assert (response.headers["x-sluice-model"], response.headers["x-sluice-attempts"]) == ("echo", "2")
+    assert wait_until(lambda: httpx.get(live.url + "/sluice/calls").json()["data"], timeout=5)
+    [row] = httpx.get(live.url + "/sluice/calls").json()["data"]
+    cut, served = row["tries"]
+    assert (cut["model"], cut["outcome"], cut["possibly_billed"]) == ("cut-after-1", "failed", True)
+    assert (served["model"], served["status"], served["outcome"]) == ("echo", 200, "ok")
 
 
 def test_every_target_failing_is_a_502_naming_the_last(gateway_factory):
