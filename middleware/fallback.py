@@ -133,7 +133,10 @@ async def answer_all_failed(call: Call, health: TargetHealth, failures: Failures
         raise UpstreamTimeout(f"the call's deadline passed after {call.attempts} attempts")
     target, attempt, error = failures[-1]
     last = f"{target.name} answered {attempt.status}" if attempt is not None else (error.message if error else "")
-    raise UpstreamError(f"all {len(failures)} targets failed; the last: {last}")
+    untried = len(failures) - call.attempts
+    # Say when some were never tried (cooling, ejected, out of budget), or "all 3 failed" misleads.
+    how = f" ({call.attempts} tried, {untried} skipped)" if untried > 0 else ""
+    raise UpstreamError(f"all {len(failures)} targets failed{how}; the last: {last}")
 
 
 def _rate_limited(attempt: Attempt | None, error: SluiceError | None) -> bool:

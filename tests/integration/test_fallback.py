@@ -101,6 +101,17 @@ def test_every_target_failing_is_a_502_naming_the_last(gateway_factory):
     assert response.headers["x-sluice-attempts"] == "2"
 
 
+def test_the_502_says_how_many_targets_were_tried_and_how_many_skipped(gateway_factory):
+    live = gateway_factory(route("fake/429-ra-60", "fake/500"))
+    first = chat(live)
+    assert first.status_code == 502
+    assert "all 2 targets failed; the last: fake/500 answered 500" in first.json()["error"]["message"]
+    second = chat(live)  # the first target now cools down for 60 s: skipped, not tried
+    assert second.status_code == 502
+    assert "all 2 targets failed (1 tried, 1 skipped)" in second.json()["error"]["message"]
+    assert second.headers["x-sluice-attempts"] == "1"
+
+
 def test_every_target_rate_limited_is_a_429_with_the_shortest_retry_after(gateway_factory):
     live = gateway_factory(route("fake/429-ra-7", "fake/429-ra-3"))
     response = chat(live)
