@@ -108,7 +108,7 @@ def build_app(
             ("GET", "/sluice/calls"): views.calls_view(ledger, store_text=config.ledger.store_text),
             ("GET", "/sluice/usage"): views.usage_view(ledger),
             ("GET", "/sluice/experiments"): views.experiments_view(ledger, judge),
-            ("GET", "/metrics"): views.metrics_view(metrics),
+            ("GET", "/metrics"): views.metrics_view(metrics, judge),
             **dashboard_endpoints(config.auth.admin_key if config.auth is not None else None),
         },
         gateway=gateway,

@@ -113,6 +113,19 @@ class Metrics:
         histogram.observe(seconds)
 
 
+def judge_lines(stats: Mapping[str, int]) -> list[str]:
+    """The A/B judge's counters (`proxy.experiments.judge.Judge.stats`) in the exposition format.
+
+    `sluice_judge_samples_total{outcome}`: sampled, dropped (the queue was full),
+    judged, failed; `sluice_judge_queued`: samples waiting now.
+    """
+    lines = ["# TYPE sluice_judge_samples_total counter"]
+    lines += [
+        f'sluice_judge_samples_total{{outcome="{k}"}} {stats[k]}' for k in ("sampled", "dropped", "judged", "failed")
+    ]
+    return [*lines, "# TYPE sluice_judge_queued gauge", f"sluice_judge_queued {stats['queued']}"]
+
+
 def _process_gauges() -> list[str]:
     """`sluice_asyncio_tasks` (on an event loop), `process_resident_memory_bytes` and `process_open_fds` (Linux)."""
     lines: list[str] = []

@@ -22,7 +22,7 @@ from proxy.experiments.judge import Judge
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.base import DEFAULT_LIMIT, Ledger, LedgerUnavailable, check_dimensions, check_limit
 from proxy.ledger.codec import record_to_dict
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, judge_lines
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -148,11 +148,14 @@ def experiments_view(ledger: Ledger, judge: Judge | None = None) -> ASGIApp:
     return endpoint
 
 
-def metrics_view(metrics: Metrics) -> ASGIApp:
-    """GET /metrics: the Prometheus text format."""
+def metrics_view(metrics: Metrics, judge: Judge | None = None) -> ASGIApp:
+    """GET /metrics: the Prometheus text format (with the A/B judge's counters when there is a judge)."""
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        body = metrics.render().encode()
+        text = metrics.render()
+        if judge is not None:
+            text += "\n".join(judge_lines(judge.stats())) + "\n"
+        body = text.encode()
         headers = [
             (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),

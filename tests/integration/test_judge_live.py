@@ -227,6 +227,9 @@ def test_a_fair_judge_makes_the_better_variant_win_with_an_honest_interval(gatew
     [trial] = gw.experiments()["routes"]
     assert Decimal(trial["judge_usd"]) > 0
     assert gw.queue() == {"sampled": 10, "dropped": 0, "judged": 10, "failed": 0, "queued": 0}
+    metrics = httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {ADMIN}"}).text
+    assert 'sluice_judge_samples_total{outcome="judged"} 10' in metrics
+    assert 'sluice_judge_samples_total{outcome="dropped"} 0' in metrics
 
 
 def test_asking_both_orders_turns_a_position_bias_into_ties(gateway):
