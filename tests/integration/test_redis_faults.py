@@ -80,6 +80,23 @@ async def test_killed_redis_fails_fast_opens_the_breaker_and_recovers_on_restart
 
 
 @pytest.mark.anyio
+async def test_when_the_breaker_opens_idle_sockets_to_the_dead_redis_are_closed(redis_server):
+    # Left in the pool, a socket to a killed Redis sits in CLOSE_WAIT until it is handed out again.
+    store = fast_store(redis_server.url)
+    try:
+        await asyncio.gather(*(store.set(b"k%d" % i, b"v", 60) for i in range(8)))  # several pooled sockets
+        pool = store.client.connection_pool
+        assert sum(c.is_connected for c in pool._available_connections) >= 2
+        redis_server.kill()
+        await assert_fails_fast(store)
+        assert not any(c.is_connected for c in pool._available_connections)
+        redis_server.start()
+        await eventually_works(store)  # they reconnect on their next use
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
 async def test_frozen_redis_is_bounded_by_the_deadline_and_recovers_on_sigcont(redis_server):
     store = fast_store(redis_server.url)
     try:
