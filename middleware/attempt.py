@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+from middleware.headers import content_type_is
 from middleware.types import Headers, Message, Send
 
 # SPEC §8: fall back on these; 400/413/422 mean "your request is wrong" and are returned as sent.
@@ -117,10 +118,10 @@ class Attempt:
         return self._until == "content" or self._is_json()
 
     def _is_json(self) -> bool:
-        return any(k == b"content-type" and v.startswith(b"application/json") for k, v in self.headers)
+        return content_type_is(self.headers, b"application/json")
 
     def _is_sse(self) -> bool:
-        return any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in self.headers)
+        return content_type_is(self.headers, b"text/event-stream")
 
     def _fails(self, first_chunk: bytes) -> bool:
         assert self.start is not None

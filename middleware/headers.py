@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 from middleware.errors import InvalidRequest
@@ -109,6 +110,11 @@ def admin_cookie(scope: Scope) -> str | None:
             if equals and name == ADMIN_COOKIE:
                 return unquote(text.strip()) or None
     return None
+
+
+def content_type_is(headers: Iterable[tuple[bytes, bytes]], prefix: bytes) -> bool:
+    """Whether the response `headers` say a content type starting with `prefix` (e.g. b"text/event-stream")."""
+    return any(k == b"content-type" and v.startswith(prefix) for k, v in headers)
 
 
 def with_header(headers: Headers, name: bytes, value: bytes) -> Headers:

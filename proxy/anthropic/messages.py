@@ -20,7 +20,7 @@ import json
 
 from middleware.call import Call
 from middleware.errors import InvalidRequest, NotFound
-from middleware.headers import with_header
+from middleware.headers import content_type_is, with_header
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.anthropic.errors import from_openai_error
 from proxy.anthropic.request import Capabilities, Untranslatable, to_chat
@@ -134,7 +134,7 @@ class _Answer:
 
 
 def _is_sse(start: Message) -> bool:
-    return any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in start.get("headers", ()))
+    return content_type_is(start.get("headers", ()), b"text/event-stream")
 
 
 def _without_length(start: Message) -> list[tuple[bytes, bytes]]:

@@ -18,7 +18,14 @@ import json
 from middleware.cache.policy import CACHE_CONTROL
 from middleware.call import Call, Variant
 from middleware.errors import SluiceError
-from middleware.headers import SLUICE_CACHE, SLUICE_CACHE_TTL, SLUICE_SUBJECT, SLUICE_VARIANT, header
+from middleware.headers import (
+    SLUICE_CACHE,
+    SLUICE_CACHE_TTL,
+    SLUICE_SUBJECT,
+    SLUICE_VARIANT,
+    content_type_is,
+    header,
+)
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.experiments.answer_text import answer_text
 from proxy.experiments.assign import pick, subject_of
@@ -114,8 +121,7 @@ class _AnswerCopy:
     def add(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.ok = message["status"] == 200
-            headers = message.get("headers", ())
-            self.sse = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+            self.sse = content_type_is(message.get("headers", ()), b"text/event-stream")
         elif message["type"] == "http.response.body" and self.ok:
             chunk: bytes = message.get("body", b"")
             self._size += len(chunk)
