@@ -200,6 +200,9 @@ failures in a row the first is ejected for a while and X-Sluice-Attempts drops t
 What it all cost, per provider and model:
   curl -s '{base}/sluice/usage?since=1h&by=provider,model'
 
+All of it on one page (spend, errors, cache savings, the last calls and their attempts):
+  {base}/dashboard
+
 With the openai SDK:
   from openai import OpenAI
   client = OpenAI(base_url="{base}/v1", api_key="unused")
