@@ -169,9 +169,24 @@ stream_options = true
 [routes.fast]                     # its first target always answers 503: calls fall back
 targets = ["demo/503", "demo/echo"]
 
+[routes.trial]                    # an A/B test: "echo" against "terse", every call judged
+strategy = "ab"
+targets = ["demo/echo", "demo/terse"]
+weights = [50, 50]
+judge = "demo/judge"              # a toy judge: the longer answer wins
+judge_sample_rate = 1.0
+
 [prices."demo/echo"]              # made up, so the demo's calls have a cost to show
 input = 0.15
 output = 0.60
+
+[prices."demo/terse"]
+input = 0.05
+output = 0.20
+
+[prices."demo/judge"]
+input = 0.10
+output = 0.40
 """
 
 
@@ -180,6 +195,7 @@ def demo_banner(base: str) -> str:
     body = '{"model": "demo/echo", "messages": [{"role": "user", "content": "Hello"}]}'
     stream_body = body[:-1] + ', "stream": true}'
     fast_body = body.replace("demo/echo", "fast")
+    trial_body = body.replace("demo/echo", "trial")
     return f"""Sluice demo: the gateway on {base}, a fake provider behind it (no keys, no network).
 
 A completion:
@@ -196,6 +212,11 @@ A fallback (route "fast": its first target answers 503, the second serves; after
 failures in a row the first is ejected for a while and X-Sluice-Attempts drops to 1):
   curl -si {base}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{fast_body}' | grep -i '^x-sluice-\\(model\\|attempts\\|cost\\)'
+
+An A/B test (route "trial": subjects split between two variants, each answer compared with the
+other variant's by a judge in the background); send a few, then read who wins:
+  for u in ann bob cy dee; do curl -s {base}/v1/chat/completions -H 'content-type: application/json' \
+    -H "x-sluice-subject: $u" -d '{trial_body}' -o /dev/null; done; curl -s {base}/sluice/experiments
 
 What it all cost, per provider and model:
   curl -s '{base}/sluice/usage?since=1h&by=provider,model'

@@ -50,7 +50,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 LOG_BODY_LIMIT = 4096
-DEMO_MODELS = ("echo", "429-ra-1", "503-then-200:1", "quota-429", "slow-ttft-1", "stall-after-2", "cut-after-2")
+DEMO_MODELS = (
+    "echo",
+    "terse",
+    "judge",
+    "429-ra-1",
+    "503-then-200:1",
+    "quota-429",
+    "slow-ttft-1",
+    "stall-after-2",
+    "cut-after-2",
+)
 _STREAM_PATHS = ("/v1/chat/completions", "/v1/completions", MESSAGES_PATH)
 _API_PATHS = (*_STREAM_PATHS, "/v1/embeddings", "/v1/responses", COUNT_TOKENS_PATH)
 

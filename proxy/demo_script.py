@@ -163,6 +163,10 @@ def directive_step(model: str, seen: dict[str, int], req: dict[str, Any] | None 
     `req` is the request's JSON body, for `rejects-stream-options`.
     """
     name = model.rsplit("/", 1)[-1]
+    if name == "terse":
+        return Step(content="Hi.")
+    if name == "judge":
+        return Step(content=toy_verdict(req or {}))
     if name == "rejects-stream-options":
         has_field = req is not None and "stream_options" in req
         return Step(status=400, error_body=STREAM_OPTIONS_ERROR) if has_field else None
@@ -171,6 +175,22 @@ def directive_step(model: str, seen: dict[str, int], req: dict[str, Any] | None 
         seen[model] = count + 1
         return Step(status=int(match.group(1))) if count < int(match.group(2)) else Step()
     return _fault(name)
+
+
+def toy_verdict(req: dict[str, Any]) -> str:
+    """The demo's judge (`judge`): of the two answers in an A/B judge's prompt, the longer wins.
+
+    A toy, so `sluice demo` can show an A/B test being judged with no model
+    behind it; the prompt's tags are those of `proxy.experiments.judge_prompt`.
+    """
+    messages = req.get("messages") or [{}]
+    prompt = _text(messages[-1].get("content", "")) if isinstance(messages[-1], dict) else ""
+    a = re.search(r"<answer_a>(.*?)</answer_a>", prompt, re.S)
+    b = re.search(r"<answer_b>(.*?)</answer_b>", prompt, re.S)
+    if a is None or b is None:
+        return "TIE"
+    longer = len(a.group(1).strip()) - len(b.group(1).strip())
+    return "A" if longer > 0 else "B" if longer < 0 else "TIE"
 
 
 def _sse(payload: Any) -> bytes:

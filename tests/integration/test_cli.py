@@ -155,3 +155,25 @@ def test_serve_runs_on_embedded_defaults(running, tmp_path):
     response = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": []})
     assert response.status_code == 404
     assert "no provider has an API key" in response.json()["error"]["message"]
+
+
+def test_demo_ab_snippet_is_judged_and_the_longer_answer_wins(running):
+    url, process = running("demo")
+    port = url.rsplit(":", 1)[1]
+    banner_lines = []
+    assert process.stdout is not None
+    while not banner_lines or "openai SDK" not in banner_lines[-1]:
+        banner_lines.append(process.stdout.readline())
+    start = next(i for i, line in enumerate(banner_lines) if "for u in" in line)
+    snippet = (banner_lines[start] + banner_lines[start + 1]).replace("\\\n", " ").replace("8080", port)
+    shown = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, timeout=20).stdout
+    assert '"routes"' in json.dumps(json.loads(shown))
+
+    def variants() -> dict[str, dict]:
+        routes = httpx.get(url + "/sluice/experiments").json()["routes"]
+        return {v["variant"]: v for route in routes for v in route["variants"]}
+
+    # Four subjects, each call judged against the other variant: the toy judge prefers the longer answer.
+    assert wait_until(lambda: sum(v["judged"] for v in variants().values()) == 8, timeout=15), variants()
+    echo, terse = variants()["demo/echo"], variants()["demo/terse"]
+    assert (echo["wins"], echo["losses"], terse["wins"], terse["losses"]) == (4, 0, 0, 4)
