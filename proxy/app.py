@@ -29,7 +29,7 @@ from proxy.dashboard import dashboard_endpoints
 from proxy.experiments.judge import Judge, JudgeSettings
 from proxy.experiments.middleware import ABMiddleware
 from proxy.forwarder import Forwarder, ForwarderOptions
-from proxy.ledger import open_ledger
+from proxy.ledger import Ledger, open_ledger
 from proxy.ledger_middleware import LedgerMiddleware
 from proxy.lifespan import Upstream, make_lifespan
 from proxy.metrics import Metrics
@@ -92,39 +92,13 @@ def build_app(
         gateway = BudgetMiddleware(gateway, spend, prices)
     gateway = RoutingMiddleware(gateway, router, config.server.max_body_bytes)
     gateway = CacheMiddleware(gateway, store, cache_options(config))
-    ledger = open_ledger(
-        config.ledger.path,
-        config.redis.url if config.redis else None,
-        op_timeout_s=config.redis.op_timeout_ms / 1000 if config.redis else 0.05,
-        store_text=config.ledger.store_text,
-    )
+    ledger = cost_ledger(config)
     metrics = Metrics()
     access_log = AccessLog()
     app: ASGIApp = Endpoints(
-        {
-            ("GET", "/healthz"): endpoints.healthz,
-            ("GET", "/readyz"): endpoints.readyz(lambda: "not configured" if config.redis is None else store.state()),
-            ("GET", "/v1/models"): endpoints.models(router),
-            ("GET", "/sluice/calls"): views.calls_view(ledger, store_text=config.ledger.store_text),
-            ("GET", "/sluice/usage"): views.usage_view(ledger),
-            ("GET", "/sluice/experiments"): views.experiments_view(ledger, judge),
-            ("GET", "/metrics"): views.metrics_view(metrics, judge),
-            **dashboard_endpoints(config.auth.admin_key if config.auth is not None else None),
-        },
+        endpoint_table(config, router, store, ledger, judge, metrics),
         gateway=gateway,
-        lifespan=make_lifespan(
-            upstream,
-            tune_gc=tune_gc,
-            opening=(ledger.start, *((judge.start,) if judge is not None else ())),
-            closing=(
-                *((judge.aclose,) if judge is not None else ()),
-                store.aclose,
-                health.store.aclose,
-                *((spend.aclose,) if spend is not None else ()),
-                access_log.aclose,
-                ledger.aclose,
-            ),
-        ),
+        lifespan=gateway_lifespan(upstream, ledger, judge, store, health, spend, access_log, tune_gc=tune_gc),
     )
     app = AuthMiddleware(app, auth_options(config))
     if drain_on_signals:  # inside the ledger, so a call cut at the drain deadline is still recorded
@@ -142,6 +116,63 @@ def build_app(
     if judge is not None:
         judge.app = app  # the judge's calls go through the whole gateway, as a client's would
     return app
+
+
+def endpoint_table(
+    config: Config, router: Router, store: CacheStore, ledger: Ledger, judge: Judge | None, metrics: Metrics
+) -> dict[tuple[str, str], ASGIApp]:
+    """The exact (method, path) endpoints: health, models, the /sluice/* views, /metrics and the dashboard."""
+    return {
+        ("GET", "/healthz"): endpoints.healthz,
+        ("GET", "/readyz"): endpoints.readyz(lambda: "not configured" if config.redis is None else store.state()),
+        ("GET", "/v1/models"): endpoints.models(router),
+        ("GET", "/sluice/calls"): views.calls_view(ledger, store_text=config.ledger.store_text),
+        ("GET", "/sluice/usage"): views.usage_view(ledger),
+        ("GET", "/sluice/experiments"): views.experiments_view(ledger, judge),
+        ("GET", "/metrics"): views.metrics_view(metrics, judge),
+        **dashboard_endpoints(config.auth.admin_key if config.auth is not None else None),
+    }
+
+
+def gateway_lifespan(
+    upstream: Upstream,
+    ledger: Ledger,
+    judge: Judge | None,
+    store: CacheStore,
+    health: TargetHealth,
+    spend: Budgets | None,
+    access_log: AccessLog,
+    *,
+    tune_gc: bool,
+) -> Any:
+    """The lifespan: the upstream session, the ledger and the judge at start-up; at shutdown everything closed.
+
+    The judge stops first (until then it makes calls through the whole gateway,
+    which the ledger records); the ledger closes last.
+    """
+    return make_lifespan(
+        upstream,
+        tune_gc=tune_gc,
+        opening=(ledger.start, *((judge.start,) if judge is not None else ())),
+        closing=(
+            *((judge.aclose,) if judge is not None else ()),
+            store.aclose,
+            health.store.aclose,
+            *((spend.aclose,) if spend is not None else ()),
+            access_log.aclose,
+            ledger.aclose,
+        ),
+    )
+
+
+def cost_ledger(config: Config) -> Ledger:
+    """The ledger of [ledger]: SQLite by default; with [redis], a Redis stream shared by replicas."""
+    return open_ledger(
+        config.ledger.path,
+        config.redis.url if config.redis else None,
+        op_timeout_s=config.redis.op_timeout_ms / 1000 if config.redis else 0.05,
+        store_text=config.ledger.store_text,
+    )
 
 
 def ab_judge(config: Config) -> Judge | None:

@@ -23,7 +23,8 @@ from middleware.errors import InvalidRequest, NotFound
 from middleware.headers import content_type_is, with_header
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.anthropic.errors import from_openai_error
-from proxy.anthropic.request import Capabilities, Untranslatable, to_chat
+from proxy.anthropic.request import Capabilities, to_chat
+from proxy.anthropic.request_fields import Untranslatable
 from proxy.anthropic.response import to_message
 from proxy.anthropic.stream import StreamTranslator
 from proxy.token_estimate import estimate_prompt_tokens

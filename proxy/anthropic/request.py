@@ -42,30 +42,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-__all__ = ["TOOL_ERROR_PREFIX", "Capabilities", "Untranslatable", "to_chat"]
+from proxy.anthropic.request_fields import NO_EQUIVALENT, Fields, Untranslatable, block_type, check, number
+
+__all__ = ["TOOL_ERROR_PREFIX", "Capabilities", "to_chat"]
 
 Json = dict[str, Any]
-T = TypeVar("T")
 
 TOOL_ERROR_PREFIX = "Error: "
 _JOIN = "\n\n"
-_IGNORED = "cache_control"  # prompt-caching hints: see the module docstring
 _DROPPED_BLOCKS = ("thinking", "redacted_thinking")
 _TOP_LEVEL = ("model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p", "stream")
 _TOP_LEVEL_REST = ("metadata", "tools", "tool_choice")
 _DIRECT_CALLER = {"type": "direct"}
 _CHOICES = {"auto": "auto", "any": "required", "none": "none", "tool": "function"}
 _DOCUMENT_FILENAME = "document.pdf"
-_KINDS: dict[type, str] = {str: "a string", bool: "a boolean", dict: "an object", list: "an array", int: "an integer"}
-# Why some well-known fields cannot be sent, so the 400 says more than "no equivalent".
-_WHY = {
-    "top_k": "Chat Completions has no top_k sampling parameter",
-    "thinking": "extended thinking has no Chat Completions equivalent",
-    "service_tier": "Anthropic's service tiers have no Chat Completions equivalent",
-    "citations": "citations have no Chat Completions equivalent",
-}
 
 
 @dataclass(frozen=True)
@@ -76,23 +68,10 @@ class Capabilities:
     images: bool = True
 
 
-class Untranslatable(Exception):
-    """The request has no faithful Chat Completions form, or is not a valid Messages request.
-
-    `param` is the path of the field at fault ("messages[2].content[0].type"),
-    `reason` says why; `str(exc)` is "param: reason", ready for a 400 message.
-    """
-
-    def __init__(self, param: str, reason: str) -> None:
-        super().__init__(f"{param}: {reason}")
-        self.param = param
-        self.reason = reason
-
-
 def to_chat(body: Json, *, target_supports: Capabilities | None = None) -> Json:
     """The Chat Completions body for the Messages request `body`; raises `Untranslatable`."""
     caps = target_supports or Capabilities()
-    top = _Fields(body, "", *_TOP_LEVEL, *_TOP_LEVEL_REST)
+    top = Fields(body, "", *_TOP_LEVEL, *_TOP_LEVEL_REST)
     max_tokens = top.get("max_tokens", int)
     if isinstance(max_tokens, bool) or max_tokens < 0:
         raise Untranslatable("max_tokens", "must be a positive integer")
@@ -104,14 +83,14 @@ def to_chat(body: Json, *, target_supports: Capabilities | None = None) -> Json:
     chat["max_tokens"] = max_tokens
     for name in ("temperature", "top_p"):
         if name in top:
-            chat[name] = _number(top.values[name], name)
+            chat[name] = number(top.values[name], name)
     if stops := top.get("stop_sequences", list, []):
-        chat["stop"] = [_check(stop, f"stop_sequences[{i}]", str) for i, stop in enumerate(stops)]
+        chat["stop"] = [check(stop, f"stop_sequences[{i}]", str) for i, stop in enumerate(stops)]
     if "stream" in top:
         chat["stream"] = top.get("stream", bool)
         if chat["stream"]:
             chat["stream_options"] = {"include_usage": True}
-    if "metadata" in top and "user_id" in (metadata := _Fields(top.values["metadata"], "metadata", "user_id")):
+    if "metadata" in top and "user_id" in (metadata := Fields(top.values["metadata"], "metadata", "user_id")):
         chat["user"] = metadata.get("user_id", str)
     if "tools" in top:
         chat["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(top.get("tools", list))]
@@ -123,7 +102,7 @@ def to_chat(body: Json, *, target_supports: Capabilities | None = None) -> Json:
 def _messages(messages: list[Any], caps: Capabilities) -> list[Json]:
     out: list[Json] = []
     for i, message in enumerate(messages):
-        turn = _Fields(message, f"messages[{i}]", "role", "content")
+        turn = Fields(message, f"messages[{i}]", "role", "content")
         role, content, path = turn.get("role", str), turn.get("content", object), turn.at("content")
         if role == "user":
             out += _user(content, path, caps)
@@ -142,9 +121,9 @@ def _user(content: Any, path: str, caps: Capabilities) -> list[Json]:
         return [{"role": "user", "content": content}]
     results: list[Json] = []
     parts: list[Json] = []
-    for j, block in enumerate(_check(content, path, list)):
+    for j, block in enumerate(check(content, path, list)):
         bpath = f"{path}[{j}]"
-        kind = _block_type(block, bpath)
+        kind = block_type(block, bpath)
         if kind == "tool_result":
             results.append(_tool_result(block, bpath))
         elif kind == "text":
@@ -167,9 +146,9 @@ def _assistant(content: Any, path: str) -> Json:
         return {"role": "assistant", "content": content}
     texts: list[str] = []
     calls: list[Json] = []
-    for j, block in enumerate(_check(content, path, list)):
+    for j, block in enumerate(check(content, path, list)):
         bpath = f"{path}[{j}]"
-        kind = _block_type(block, bpath)
+        kind = block_type(block, bpath)
         if kind == "text":
             texts.append(_text(block, bpath))
         elif kind == "tool_use":
@@ -189,24 +168,24 @@ def _text_of(content: Any, path: str, what: str) -> str:
     if isinstance(content, str):
         return content
     texts = []
-    for j, block in enumerate(_check(content, path, list)):
-        if _block_type(block, f"{path}[{j}]") != "text":
+    for j, block in enumerate(check(content, path, list)):
+        if block_type(block, f"{path}[{j}]") != "text":
             raise Untranslatable(f"{path}[{j}].type", f"{what} can only hold text in Chat Completions")
         texts.append(_text(block, f"{path}[{j}]"))
     return _JOIN.join(texts)
 
 
 def _text(block: Any, path: str) -> str:
-    fields = _Fields(block, path, "type", "text", "citations")
+    fields = Fields(block, path, "type", "text", "citations")
     if fields.values.get("citations"):  # an empty list, like null, cites nothing
-        raise Untranslatable(fields.at("citations"), _WHY["citations"])
+        raise Untranslatable(fields.at("citations"), NO_EQUIVALENT["citations"])
     return fields.get("text", str)
 
 
 def _image(block: Any, path: str, caps: Capabilities) -> Json:
     if not caps.images:
         raise Untranslatable(f"{path}.type", "the target model does not accept images")
-    source = _source(_Fields(block, path, "type", "source"), ("base64", "url"))
+    source = _source(Fields(block, path, "type", "source"), ("base64", "url"))
     url = source.get("url", str) if source.values["type"] == "url" else _data_url(source)
     return {"type": "image_url", "image_url": {"url": url}}
 
@@ -214,10 +193,10 @@ def _image(block: Any, path: str, caps: Capabilities) -> Json:
 def _document(block: Any, path: str, caps: Capabilities) -> Json:
     if not caps.documents:
         raise Untranslatable(f"{path}.type", "the target model does not accept documents")
-    fields = _Fields(block, path, "type", "source", "title", "citations")
-    citations = _Fields(fields.values.get("citations", {}), fields.at("citations"), "enabled")
+    fields = Fields(block, path, "type", "source", "title", "citations")
+    citations = Fields(fields.values.get("citations", {}), fields.at("citations"), "enabled")
     if citations.get("enabled", bool, False):
-        raise Untranslatable(fields.at("citations"), _WHY["citations"])
+        raise Untranslatable(fields.at("citations"), NO_EQUIVALENT["citations"])
     source = _source(fields, ("base64",))
     if source.values.get("media_type") != "application/pdf":
         raise Untranslatable(source.at("media_type"), "only PDF documents translate")
@@ -225,21 +204,21 @@ def _document(block: Any, path: str, caps: Capabilities) -> Json:
     return {"type": "file", "file": {"filename": filename, "file_data": _data_url(source)}}
 
 
-def _source(block: _Fields, kinds: tuple[str, ...]) -> _Fields:
+def _source(block: Fields, kinds: tuple[str, ...]) -> Fields:
     path = block.at("source")
     kind = block.get("source", dict).get("type")
     if kind not in kinds:
         raise Untranslatable(f"{path}.type", f"only {' and '.join(kinds)} sources translate")
     keys = ("type", "url") if kind == "url" else ("type", "media_type", "data")
-    return _Fields(block.values["source"], path, *keys)
+    return Fields(block.values["source"], path, *keys)
 
 
-def _data_url(source: _Fields) -> str:
+def _data_url(source: Fields) -> str:
     return f"data:{source.get('media_type', str)};base64,{source.get('data', str)}"
 
 
 def _tool_use(block: Any, path: str) -> Json:
-    fields = _Fields(block, path, "type", "id", "name", "input", "caller")
+    fields = Fields(block, path, "type", "id", "name", "input", "caller")
     # Anthropic's own answers may carry caller {"type": "direct"}: the plain client-side call.
     if fields.values.get("caller", _DIRECT_CALLER) != _DIRECT_CALLER:
         raise Untranslatable(fields.at("caller"), "only direct tool calls translate")
@@ -252,7 +231,7 @@ def _tool_use(block: Any, path: str) -> Json:
 
 
 def _tool_result(block: Any, path: str) -> Json:
-    fields = _Fields(block, path, "type", "tool_use_id", "content", "is_error")
+    fields = Fields(block, path, "type", "tool_use_id", "content", "is_error")
     text = _text_of(fields.values.get("content", ""), fields.at("content"), "a tool result")
     if fields.get("is_error", bool, False):
         text = TOOL_ERROR_PREFIX + text
@@ -260,10 +239,10 @@ def _tool_result(block: Any, path: str) -> Json:
 
 
 def _tool(tool: Any, path: str) -> Json:
-    kind = _check(tool, path, dict).get("type")
-    if kind is not None and _check(kind, f"{path}.type", str) != "custom":
+    kind = check(tool, path, dict).get("type")
+    if kind is not None and check(kind, f"{path}.type", str) != "custom":
         raise Untranslatable(f"{path}.type", f"server tool {kind!r} runs at Anthropic; Chat Completions has none")
-    fields = _Fields(tool, path, "type", "name", "description", "input_schema", "strict")
+    fields = Fields(tool, path, "type", "name", "description", "input_schema", "strict")
     function: Json = {"name": fields.get("name", str)}
     if "description" in fields:
         function["description"] = fields.get("description", str)
@@ -275,10 +254,10 @@ def _tool(tool: Any, path: str) -> Json:
 
 def _tool_choice(value: Any) -> Json:
     """The `tool_choice` (and `parallel_tool_calls`) fields for Anthropic's `tool_choice`."""
-    kind = _check(value, "tool_choice", dict).get("type")
+    kind = check(value, "tool_choice", dict).get("type")
     if not isinstance(kind, str) or kind not in _CHOICES:
         raise Untranslatable("tool_choice.type", "must be 'auto', 'any', 'tool' or 'none'")
-    fields = _Fields(value, "tool_choice", "type", "disable_parallel_tool_use", *(["name"] if kind == "tool" else []))
+    fields = Fields(value, "tool_choice", "type", "disable_parallel_tool_use", *(["name"] if kind == "tool" else []))
     choice: Any = _CHOICES[kind]
     if kind == "tool":
         choice = {"type": "function", "function": {"name": fields.get("name", str)}}
@@ -287,47 +266,3 @@ def _tool_choice(value: Any) -> Json:
     if fields.get("disable_parallel_tool_use", bool, False):
         out["parallel_tool_calls"] = False
     return out
-
-
-class _Fields:
-    """An object of the request without its null and `cache_control` fields, and typed access to them.
-
-    Every failure raises `Untranslatable` naming the field, from `path` (the object's own).
-    """
-
-    def __init__(self, value: Any, path: str, *allowed: str) -> None:
-        self.path = path
-        self.values = {k: v for k, v in _check(value, path or "body", dict).items() if v is not None and k != _IGNORED}
-        for key in self.values:
-            if key not in allowed:
-                raise Untranslatable(self.at(key), _WHY.get(key, "has no Chat Completions equivalent"))
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.values
-
-    def at(self, key: str) -> str:
-        """The path of field `key`."""
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, kind: type[T], default: T | None = None) -> T:
-        """Field `key`, which must be a `kind`; `default` when absent, which is an error without one."""
-        value = self.values.get(key, default)
-        if value is None:
-            raise Untranslatable(self.at(key), "is required")
-        return _check(value, self.at(key), kind)
-
-
-def _block_type(block: Any, path: str) -> str:
-    return _check(_check(block, path, dict).get("type"), f"{path}.type", str)
-
-
-def _check(value: Any, path: str, kind: type[T]) -> T:
-    if not isinstance(value, kind):
-        raise Untranslatable(path, f"must be {_KINDS.get(kind, 'of another type')}")
-    return value
-
-
-def _number(value: Any, path: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise Untranslatable(path, "must be a number")
-    return value

@@ -208,5 +208,5 @@ def _tool_use_block(call: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _count(value: object) -> int | None:
-    # A token count: a non-negative integer, not a bool (as proxy.pricing reads them).
+    # A token count: a non-negative integer, not a bool (as proxy.token_counts reads them).
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

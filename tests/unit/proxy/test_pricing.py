@@ -22,13 +22,12 @@ from proxy.pricing import (
     COST_QUANTUM,
     Price,
     PriceTable,
-    Tokens,
     cost,
     format_usd,
-    read_usage,
     worst_case_cost,
 )
 from proxy.providers import CATALOG
+from proxy.token_counts import Tokens, read_usage
 from proxy.token_estimate import estimate_prompt_tokens
 
 TABLE = PriceTable.builtin()

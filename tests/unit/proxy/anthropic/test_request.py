@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.anthropic.request import TOOL_ERROR_PREFIX, Capabilities, Untranslatable, to_chat
+from proxy.anthropic.request import TOOL_ERROR_PREFIX, Capabilities, to_chat
+from proxy.anthropic.request_fields import Untranslatable
 
 PNG = "iVBORw0KGgo="
 PDF = "JVBERi0xLjQK"
