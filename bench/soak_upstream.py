@@ -68,6 +68,8 @@ REASONS.update({500: "Internal Server Error", 502: "Bad Gateway", 503: "Service 
 
 
 class Options:
+    """The fake provider's settings from the command line, the keys it expects, and its seeded random source."""
+
     def __init__(self, args: argparse.Namespace, keys: dict[str, str]) -> None:
         self.fault_rate: float = args.fault_rate
         self.stall_s: float = args.stall_s
@@ -77,12 +79,13 @@ class Options:
         self.rng = random.Random(args.seed)
 
 
-STATS: Counter[str] = Counter()
-BY_PROVIDER: Counter[str] = Counter()
+STATS: Counter[str] = Counter()  # what /_stats reports: requests by outcome, connections, stalls, wrong keys
+BY_PROVIDER: Counter[str] = Counter()  # requests by provider (the path's first segment)
 STALL_CLOSE_MS: list[float] = []  # how long after the stall began the gateway closed the connection
 
 
 def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """An HTTP/1.1 status line and header block."""
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -94,7 +97,8 @@ def _json_response(status: int, payload: Any, extra: Sequence[tuple[str, str]] =
     return _head(status, headers) + body
 
 
-def _error(status: int, message: str, kind: str) -> Any:
+def _error(message: str, kind: str) -> Any:
+    """An OpenAI-shaped error body."""
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
@@ -113,6 +117,7 @@ COMPLETION = {
     ],
     "usage": {"prompt_tokens": 14, "completion_tokens": 11, "total_tokens": 25},
 }
+CHUNK_FIELDS = {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 1700000000, "model": "m"}
 COMPLETION_BODY = json.dumps(COMPLETION, separators=(",", ":")).encode()
 STREAM_HEAD = _head(
     200,
@@ -134,8 +139,7 @@ def _event(payload: Any) -> bytes:
 
 def _delta(delta: dict[str, Any], finish: str | None) -> bytes:
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    event = {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 1700000000, "model": "m"}
-    return _event({**event, "choices": [choice]})
+    return _event({**CHUNK_FIELDS, "choices": [choice]})
 
 
 def stream_frames(chunks: int, usage: bool) -> list[bytes]:
@@ -144,11 +148,8 @@ def stream_frames(chunks: int, usage: bool) -> list[bytes]:
     frames.extend(_delta({"content": f" tok{i}"}, None) for i in range(chunks))
     frames.append(_delta({}, "stop"))
     if usage:
-        usage_event = {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 1700000000, "model": "m"}
-        usage_event.update(
-            choices=[], usage={"prompt_tokens": 14, "completion_tokens": chunks, "total_tokens": 14 + chunks}
-        )
-        frames.append(_event(usage_event))
+        tokens = {"prompt_tokens": 14, "completion_tokens": chunks, "total_tokens": 14 + chunks}
+        frames.append(_event({**CHUNK_FIELDS, "choices": [], "usage": tokens}))
     frames.append(_chunk(b"data: [DONE]\n\n"))
     frames.append(b"0\r\n\r\n")
     return frames
@@ -174,6 +175,7 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+    """(method, path, headers by lower-case name, body) of the next request; None when the connection is done."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -211,6 +213,7 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str
 
 
 def _stats_body() -> bytes:
+    """The /_stats answer: the counters, requests by provider, and how soon stalls were closed."""
     stats: dict[str, Any] = dict(STATS)
     stats["by_provider"] = dict(BY_PROVIDER)
     stats["stall_close_ms_max"] = round(max(STALL_CLOSE_MS), 1) if STALL_CLOSE_MS else None
@@ -230,11 +233,12 @@ class Exchange:
     """One request on one connection, answered healthy or with a fault; returns whether to keep the connection."""
 
     def __init__(self, options: Options, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.o = options
+        self.options = options
         self.reader = reader
         self.writer = writer
 
     async def send(self, data: bytes) -> None:
+        """Write and drain; `Closed` when the gateway has gone."""
         if self.writer.is_closing():
             raise Closed
         self.writer.write(data)
@@ -244,20 +248,21 @@ class Exchange:
             raise Closed from None
 
     async def answer(self, path: str, headers: dict[str, str], body: bytes) -> bool:
+        """Check the key, then answer healthy or, on --fault-rate of requests, with a fault picked at random."""
         provider = path.lstrip("/").partition("/")[0]
         BY_PROVIDER[provider] += 1
         STATS["requests"] += 1
         key = headers.get("authorization", "").removeprefix("Bearer ").strip()
-        expected = self.o.keys.get(provider)
+        expected = self.options.keys.get(provider)
         if expected is None or key != expected:
             STATS["wrong_key"] += 1
-            await self.send(_json_response(401, _error(401, "wrong key for this provider", "invalid_request_error")))
+            await self.send(_json_response(401, _error("wrong key for this provider", "invalid_request_error")))
             return True
         try:
             request = json.loads(body)
         except ValueError:
             STATS["bad_body"] += 1
-            await self.send(_json_response(400, _error(400, "bad JSON", "invalid_request_error")))
+            await self.send(_json_response(400, _error("bad JSON", "invalid_request_error")))
             return True
         stream = request.get("stream") is True
         usage = stream and bool((request.get("stream_options") or {}).get("include_usage"))
@@ -265,12 +270,12 @@ class Exchange:
             STATS["streams"] += 1
             if not usage:
                 STATS["no_include_usage"] += 1
-        rng = self.o.rng
-        if rng.random() >= self.o.fault_rate:
+        rng = self.options.rng
+        if rng.random() >= self.options.fault_rate:
             return await self.healthy(stream, usage)
         pick = rng.random()
         if pick < 0.3:
-            return await self.rate_limited(key)
+            return await self.rate_limited()
         if pick < 0.6:
             return await self.server_error(key)
         if pick < 0.8:
@@ -278,50 +283,55 @@ class Exchange:
         return await self.cut(stream, usage)
 
     async def healthy(self, stream: bool, usage: bool) -> bool:
+        """A completion after 20-150 ms, or a stream of events `--gap-ms` apart."""
         STATS["ok"] += 1
         if not stream:
-            if await closed_within(self.reader, self.o.rng.uniform(0.02, 0.15)):
+            if await closed_within(self.reader, self.options.rng.uniform(0.02, 0.15)):
                 STATS["aborted"] += 1
                 return False
             await self.send(_json_response(200, COMPLETION))
             return True
-        return await self.stream(stream_frames(self.o.chunks, usage), "aborted")
+        return await self.stream(stream_frames(self.options.chunks, usage), "aborted")
 
     async def stream(self, frames: list[bytes], aborted: str, first: bytes = STREAM_HEAD) -> bool:
+        """Send `first` and `frames` `--gap-ms` apart; counted as `aborted` when the gateway closes meanwhile."""
         await self.send(first + frames[0])
         for frame in frames[1:]:
-            if await closed_within(self.reader, self.o.gap_s):
+            if await closed_within(self.reader, self.options.gap_s):
                 STATS[aborted] += 1
                 return False
             await self.send(frame)
         return True
 
-    async def rate_limited(self, key: str) -> bool:
+    async def rate_limited(self) -> bool:
+        """A 429 with one of the short reset headers."""
         STATS["fault_429"] += 1
-        name, value = self.o.rng.choice(RESET_HEADERS)
-        payload = _error(429, "Rate limit reached for requests", "requests")
+        name, value = self.options.rng.choice(RESET_HEADERS)
+        payload = _error("Rate limit reached for requests", "requests")
         await self.send(_json_response(429, payload, [(name, value)]))
         return True
 
     async def server_error(self, key: str) -> bool:
-        status = self.o.rng.choice((500, 502, 503))
+        """A 500, 502 or 503; the 500's message holds `key`."""
+        status = self.options.rng.choice((500, 502, 503))
         STATS[f"fault_{status}"] += 1
         if status == 500:  # echoes the key, as some providers' error messages do
             message = f"Incorrect API key provided: {key}. You can find your API key at the dashboard."
         else:
             message = "The server is overloaded or not ready yet."
-        await self.send(_json_response(status, _error(status, message, "server_error")))
+        await self.send(_json_response(status, _error(message, "server_error")))
         return True
 
     async def stall(self, stream: bool, usage: bool) -> bool:
-        mid = stream and self.o.rng.random() < 0.5
+        """Nothing for --stall-s (a stream: maybe after its first event); then, if still open, the answer, late."""
+        mid = stream and self.options.rng.random() < 0.5
         name = "stall_mid" if mid else "stall"
         STATS[f"fault_{name}"] += 1
         if mid:
-            frames = stream_frames(self.o.chunks, usage)
+            frames = stream_frames(self.options.chunks, usage)
             await self.send(STREAM_HEAD + frames[0])
         began = time.perf_counter()
-        if await closed_within(self.reader, self.o.stall_s):
+        if await closed_within(self.reader, self.options.stall_s):
             STATS["stall_closed"] += 1
             STALL_CLOSE_MS.append((time.perf_counter() - began) * 1000)
             return False
@@ -329,19 +339,20 @@ class Exchange:
         if mid:
             return await self.stream(frames[1:], "aborted_late", first=b"")
         if stream:
-            return await self.stream(stream_frames(self.o.chunks, usage), "aborted_late")
+            return await self.stream(stream_frames(self.options.chunks, usage), "aborted_late")
         await self.send(_json_response(200, COMPLETION))
         return True
 
     async def cut(self, stream: bool, usage: bool) -> bool:
-        rng = self.o.rng
+        """A reset before any answer, or an answer cut short (a stream after 1-5 events, a body halfway)."""
+        rng = self.options.rng
         if rng.random() < 0.25:
             STATS["fault_reset"] += 1  # closed before the first byte of an answer
             _abort(self.writer)
             return False
         if stream:
             STATS["fault_cut_stream"] += 1
-            frames = stream_frames(self.o.chunks, usage)
+            frames = stream_frames(self.options.chunks, usage)
             keep = rng.randint(1, min(5, len(frames) - 3))
             if not await self.stream(frames[:keep], "aborted"):
                 return False
@@ -357,6 +368,7 @@ class Exchange:
 
 
 async def handle(options: Options, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One connection: its requests in turn (keep-alive) until one closes it."""
     STATS["connections"] += 1
     STATS["open_connections"] += 1
     try:
@@ -391,6 +403,7 @@ async def handle(options: Options, reader: asyncio.StreamReader, writer: asyncio
 
 
 async def serve(host: str, port: int, options: Options) -> None:
+    """Listen until SIGTERM or SIGINT; print the bound address on stdout first."""
     loop = asyncio.get_running_loop()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -407,6 +420,7 @@ async def serve(host: str, port: int, options: Options) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the options, read the keys from the environment, serve."""
     parser = argparse.ArgumentParser(description="A fault-injecting fake OpenAI provider (bench/soak.py).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port, printed")
