@@ -334,7 +334,8 @@ class FakeUpstream(asyncio.Protocol):
         self.closing = True
 
 
-def _install_uvloop() -> str:
+def install_uvloop() -> str:
+    """Make uvloop the event loop policy when it is installed; the loop's name."""
     try:
         import uvloop
     except ImportError:
@@ -351,10 +352,18 @@ async def serve(host: str, port: int, delay_ms: float = 0.0) -> None:
     def protocol() -> FakeUpstream:
         return FakeUpstream(delay_s)
 
-    server = await loop.create_server(protocol, host, port, backlog=1024, reuse_address=True)
+    await serve_until_stopped(await loop.create_server(protocol, host, port, backlog=1024, reuse_address=True))
+
+
+async def serve_until_stopped(server: asyncio.AbstractServer) -> None:
+    """Print the bound address on stdout (the benchmark reads it), then serve until SIGTERM or SIGINT.
+
+    Also bench/soak_upstream.py's.
+    """
     bound = server.sockets[0].getsockname()
     print(f"listening {bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with server:
@@ -371,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.delay_ms <= 60_000:
         parser.error("--delay-ms must be between 0 and 60000")
-    loop_name = _install_uvloop()
+    loop_name = install_uvloop()
     delay = f", answers delayed {args.delay_ms:g} ms" if args.delay_ms else ""
     print(f"fake upstream on {loop_name}{delay}", file=sys.stderr, flush=True)
     asyncio.run(serve(args.host, args.port, args.delay_ms))

@@ -45,7 +45,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import socket
 import struct
 import sys
@@ -53,6 +52,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
+
+from fake_upstream import install_uvloop, serve_until_stopped
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 4 * 1024 * 1024
@@ -404,19 +405,13 @@ async def handle(options: Options, reader: asyncio.StreamReader, writer: asyncio
 
 async def serve(host: str, port: int, options: Options) -> None:
     """Listen until SIGTERM or SIGINT; print the bound address on stdout first."""
-    loop = asyncio.get_running_loop()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await handle(options, reader, writer)
 
-    server = await asyncio.start_server(on_connection, host, port, backlog=1024, reuse_address=True, limit=MAX_HEAD)
-    bound = server.sockets[0].getsockname()
-    print(f"listening {bound[0]}:{bound[1]}", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_stopped(
+        await asyncio.start_server(on_connection, host, port, backlog=1024, reuse_address=True, limit=MAX_HEAD)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,10 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = json.loads(os.environ.get(args.keys_env, "{}"))
     except ValueError:
         parser.error(f"${args.keys_env} is not JSON")
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    install_uvloop()
     asyncio.run(serve(args.host, args.port, Options(args, keys)))
     return 0
 

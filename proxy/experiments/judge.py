@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from middleware.body import replay
 from middleware.call import CALL_KEY, Call, Variant
 from middleware.headers import SLUICE_CACHE
 from middleware.types import ASGIApp, Message
@@ -202,13 +203,8 @@ class Judge:
         status = 0
         chunks: list[bytes] = []
         complete = asyncio.Event()
-        sent = False
 
-        async def receive() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": raw, "more_body": False}
+        async def after_the_answer() -> Message:
             await complete.wait()  # as uvicorn does: a disconnect only once the answer is complete
             return {"type": "http.disconnect"}
 
@@ -224,7 +220,7 @@ class Judge:
                         settle(status, b"".join(chunks))
 
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, replay(raw, after_the_answer), send)
         finally:
             complete.set()
         return status, b"".join(chunks)

@@ -69,6 +69,15 @@ def running(tmp_path) -> Iterator:
             process.stdout.close()
 
 
+def read_banner(process: subprocess.Popen[str]) -> list[str]:
+    """The lines `sluice demo` printed, up to its openai SDK snippet's heading."""
+    lines: list[str] = []
+    assert process.stdout is not None
+    while not lines or "openai SDK" not in lines[-1]:
+        lines.append(process.stdout.readline())
+    return lines
+
+
 def test_demo_answers_its_own_printed_snippets(running):
     url, process = running("demo")
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
@@ -91,10 +100,7 @@ def test_demo_answers_its_own_printed_snippets(running):
 def test_demo_printed_curl_works_verbatim(running):
     url, process = running("demo")
     port = url.rsplit(":", 1)[1]
-    banner_lines = []
-    assert process.stdout is not None
-    while not banner_lines or "openai SDK" not in banner_lines[-1]:
-        banner_lines.append(process.stdout.readline())
+    banner_lines = read_banner(process)
     curl = next(line for line in banner_lines if line.strip().startswith("curl ") and '"stream"' not in line)
     result = subprocess.run(shlex.split(curl.replace("8080", port)), capture_output=True, text=True, timeout=10)
     assert '"chat.completion"' in result.stdout
@@ -160,10 +166,7 @@ def test_serve_runs_on_embedded_defaults(running, tmp_path):
 def test_demo_ab_snippet_is_judged_and_the_longer_answer_wins(running):
     url, process = running("demo")
     port = url.rsplit(":", 1)[1]
-    banner_lines = []
-    assert process.stdout is not None
-    while not banner_lines or "openai SDK" not in banner_lines[-1]:
-        banner_lines.append(process.stdout.readline())
+    banner_lines = read_banner(process)
     start = next(i for i, line in enumerate(banner_lines) if "for u in" in line)
     snippet = (banner_lines[start] + banner_lines[start + 1]).replace("\\\n", " ").replace("8080", port)
     shown = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, timeout=20).stdout
