@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from middleware.errors import InvalidRequest, SluiceError
 from middleware.types import ASGIApp, Receive, Scope, Send
-from proxy.experiments.judge import Judge
+from proxy.experiments.judge import NO_JUDGE_STATS, Judge
 from proxy.ledger.aggregate import UsageRow
 from proxy.ledger.base import DEFAULT_LIMIT, Ledger, LedgerUnavailable, check_dimensions, check_limit
 from proxy.ledger.codec import record_to_dict
@@ -130,7 +130,6 @@ def experiments_view(ledger: Ledger, judge: Judge | None = None) -> ASGIApp:
     `judge_queue` is this process's judge: samples taken, dropped (queue full),
     judged, failed, and waiting now (all 0 without a judge).
     """
-    idle = Judge({}).stats()
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         since = parse_since(_query(scope).get("since", "7d"))
@@ -141,7 +140,7 @@ def experiments_view(ledger: Ledger, judge: Judge | None = None) -> ASGIApp:
         payload = {
             "since": datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
             "routes": [row.as_dict() for row in rows],
-            "judge_queue": judge.stats() if judge is not None else idle,
+            "judge_queue": judge.stats() if judge is not None else NO_JUDGE_STATS,
         }
         await _send_json(send, payload)
 

@@ -50,6 +50,7 @@ JUDGED_PATHS = ("/v1/chat/completions", "/v1/messages")
 CHAT_PATH = "/v1/chat/completions"
 
 logger = logging.getLogger("sluice.judge")
+NO_JUDGE_STATS = {"sampled": 0, "dropped": 0, "judged": 0, "failed": 0, "queued": 0}  # `stats()` with no judge
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class Judge:
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._chance = chance
-        self.counts = {"sampled": 0, "dropped": 0, "judged": 0, "failed": 0}
+        self.counts = {k: 0 for k in NO_JUDGE_STATS if k != "queued"}
 
     def samples(self, route: str) -> bool:
         """Whether this call of `route` is to be judged (a coin with the route's `judge_sample_rate`)."""
